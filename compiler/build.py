@@ -1,0 +1,169 @@
+"""``lgc build``: model folder -> components -> passes -> artifacts -> bundle -> harness report."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+import lgc.compiler.reference as reference
+from lgc.compiler import manifest as manifest_mod
+from lgc.compiler.bundle import sha256_file, staged_bundle, write_json
+from lgc.compiler.errors import BuildError, LgcError, UnsupportedModelError
+from lgc.compiler.golden import pinned_steps
+from lgc.compiler.model_import import ImportedModel, load_pipeline
+from lgc.compiler.pass_manager import PassManager, resolve_pipeline
+from lgc.passes.step_reduction.solvers import SamplerPlan
+from lgc.targets import EMITTERS, RUNNERS
+from lgc.targets.profiles import Profile, get_profile
+
+LGC_VERSION = "0.1.0"
+DEFAULT_MODEL = Path(reference.__file__).resolve().parent / "student"
+
+
+@dataclass
+class BuildState:
+    """What passes read and change: the profile, the model's components, the sampler plan."""
+
+    profile: Profile
+    model: ImportedModel
+    sampler: SamplerPlan | None = None
+    cache_dir: Path | None = None
+    calibration_key: str | None = None
+    progress_calibration: object = None
+    notes: dict = field(default_factory=dict)
+
+
+def model_name(path: Path) -> str:
+    path = Path(path).resolve()
+    if path.parent == DEFAULT_MODEL.parent:
+        return f"lgc-reference/{path.name}"
+    return path.name
+
+
+def export_components(model: ImportedModel) -> None:
+    """Capture each component with torch.export at its static shapes."""
+    for name, comp in model.components.items():
+        try:
+            ep = torch.export.export(comp.module, comp.example_inputs, strict=False)
+        except Exception as e:
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UnsupportedModelError(f"{name}: torch.export cannot capture this {comp.source_class}: {first[:300]}") from e
+        comp.graph = ep.module()
+
+
+def build_manifest(profile: Profile, model: ImportedModel, state: BuildState, entries: dict) -> dict:
+    tok = model.tokenizer
+    info = model.info
+    size = info["image_size"]
+    from lgc.calibration.collect import guidance_embedding
+
+    tcond = guidance_embedding(profile.guidance_scale, info["guidance_embedding_dim"])
+    return {
+        "schema_version": manifest_mod.SCHEMA_VERSION,
+        "lgc_version": LGC_VERSION,
+        "target": profile.name,
+        "profile": {k: v for k, v in asdict(profile).items() if k != "description"},
+        "model": {"name": model_name(model.path), "sha256": model.sha256, "classes": info["classes"]},
+        "image": {"height": size, "width": size, "layout": "NCHW", "range": [0.0, 1.0]},
+        "latent": {"shape": [1, *info["latent_shape"]], "scaling_factor": info["latent_scaling_factor"],
+                   "note": "the vae_decoder divides by scaling_factor itself: feed it the sampler's latents"},
+        "tokenizer": {"folder": "tokenizer", "max_length": info["text_max_length"], "bos_id": tok.bos_token_id,
+                      "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "uncond_prompt": ""},
+        "guidance": {
+            "mode": "cfg_batch" if info["cfg_batch"] else ("embedding" if tcond is not None else "none"),
+            "scale": profile.guidance_scale,
+            "timestep_cond": tcond[0].tolist() if tcond is not None else None,
+            "note": "cfg_batch: unet batch = [uncond, cond]; eps = uncond + scale * (cond - uncond)",
+        },
+        "sampler": state.sampler.to_json(),
+        "components": entries,
+    }
+
+
+def _goldens_for(model: ImportedModel, sampler: dict, golden_dir: Path | None):
+    from lgc.compiler.golden import GOLDEN_PROMPTS
+    from lgc.runtime_harness.golden import find_goldens, read_golden_dir
+
+    folder = golden_dir or find_goldens(model.sha256)
+    if folder is not None:
+        return read_golden_dir(Path(folder))
+    from lgc.runtime_harness.harness import eager_reference
+
+    return eager_reference(model, sampler, GOLDEN_PROMPTS[:4], [0], pinned_steps(sampler["num_steps"]))
+
+
+def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: dict | None = None,
+          cache_dir: Path | None = None, golden_dir: Path | None = None) -> dict:
+    profile = get_profile(target).with_overrides(**(overrides or {}))
+    # Resolve the whole pipeline before any work: an unknown pass or option fails here.
+    planned = resolve_pipeline(profile.pipeline(), profile.options())
+    model_path = Path(model_path) if model_path else DEFAULT_MODEL
+    out = Path(out_root) / profile.name
+    cache_dir = cache_dir or Path(out_root) / ".cache"
+    with staged_bundle(out) as stage:
+        ui.step(f"importing {model_path}")
+        model = load_pipeline(model_path, profile.components, profile.image_size)
+        ui.step(f"exporting {', '.join(model.components)} at image size {model.info['image_size']}")
+        export_components(model)
+        state = BuildState(profile, model, cache_dir=cache_dir, progress_calibration=ui.counter("calibration"))
+        pass_reports = PassManager(planned, progress=ui.step).run(state)
+        emitter = EMITTERS[profile.runtime]
+        entries, artifacts = {}, {}
+        for name, comp in model.components.items():
+            ui.step(f"lowering {name} ({profile.runtime}, {profile.precision})")
+            try:
+                art = emitter(comp, stage)
+            except LgcError:
+                raise
+            except Exception as e:
+                raise BuildError(f"lowering {name} to {profile.runtime} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+            path = stage / art["file"]
+            with torch.no_grad():
+                out_example = comp.module(*comp.example_inputs)
+            entries[name] = manifest_mod.component_entry(comp, art, sha256_file(path), path.stat().st_size,
+                                                         RUNNERS[profile.runtime], profile.precision, out_example)
+            artifacts[name] = art
+        model.tokenizer.save_pretrained(stage / "tokenizer")
+        manifest = build_manifest(profile, model, state, entries)
+        manifest_mod.validate(manifest)
+        write_json(stage / "passes.json", {"pipeline": profile.pipeline(), "passes": pass_reports,
+                                           "artifacts": {n: a for n, a in artifacts.items()}})
+
+        ui.step("running the bundle end to end in its runtime")
+        goldens = _goldens_for(model, manifest["sampler"], golden_dir)
+        from lgc.runtime_harness.harness import run_bundle
+
+        figures = run_bundle(stage, manifest, goldens, progress=ui.step)
+        report = {
+            "target": profile.name,
+            "model": manifest["model"]["name"],
+            "reference": goldens.source,
+            "reference_sampler": {k: goldens.manifest.get(k) for k in ("scheduler", "steps", "guidance_scale")},
+            "sampler": {"solver": state.sampler.solver, "steps": state.sampler.num_steps, "guidance_scale": state.sampler.guidance_scale},
+            "end_to_end": figures["end_to_end"],
+            "per_case_psnr_db": figures["per_case_psnr_db"],
+            "components": {},
+            "bundle_bytes": sum(e["bytes"] for e in entries.values()),
+        }
+        for name, e in entries.items():
+            a = artifacts[name]
+            report["components"][name] = {
+                "file": e["file"], "bytes": e["bytes"], **figures["components"][name],
+                "delegate_subgraphs": a["delegate_subgraphs"], "nondelegated_compute_ops": a["nondelegated_compute_ops"],
+                "nondelegated_ops": a["nondelegated_ops"], "lowering_seconds": a["seconds"],
+            }
+        manifest["figures"] = {"end_to_end": report["end_to_end"],
+                               "components": {n: {k: c[k] for k in ("psnr_db_min", "latency_ms_median")} for n, c in report["components"].items()},
+                               "reference": goldens.source}
+        manifest_mod.validate(manifest)
+        write_json(stage / "manifest.json", manifest)
+        write_json(stage / "report.json", report)
+    ui.step(f"bundle written to {out}")
+    return report
+
+
+def read_report(bundle: Path) -> dict:
+    return json.loads((Path(bundle) / "report.json").read_text())

@@ -1,0 +1,151 @@
+"""The ``lgc`` command line: build, golden, passes, targets.
+
+Every failure is one line on stderr (``lgc: error: ...``) and an exit code
+that says what kind of failure it was (see ``lgc.compiler.errors`` and the
+README); ``--debug`` shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+from pathlib import Path
+
+from lgc.compiler.errors import LgcError, UsageError
+
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 5
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line and exit 2, like every other usage error
+        raise UsageError(message)
+
+
+def cmd_build(a) -> int:
+    from lgc.compiler.build import build
+    from lgc.compiler.ui import UI
+
+    ui = UI(quiet=a.quiet)
+    overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size}
+    report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden)
+    ui.summary(report)
+    return 0
+
+
+def cmd_golden(a) -> int:
+    from lgc.compiler.build import DEFAULT_MODEL
+    from lgc.compiler.golden import generate_goldens
+    from lgc.compiler.ui import UI
+    from lgc.runtime_harness.golden import GOLDEN_ROOT
+
+    ui = UI(quiet=a.quiet)
+    models = [Path(a.model)] if a.model else [DEFAULT_MODEL, DEFAULT_MODEL.parent / "teacher"]
+    for m in models:
+        name = a.name or f"reference-{m.name}"
+        out = Path(a.out) / name if a.out else GOLDEN_ROOT / name
+        ui.step(f"goldens of {m} -> {out}")
+        generate_goldens(m, out, name, steps=a.steps, progress=ui.counter(f"golden {name}"))
+    return 0
+
+
+def cmd_passes(a) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lgc.compiler.pass_manager import registered_passes
+    from lgc.targets.profiles import SHARED_PIPELINE
+
+    t = Table(title="lgc passes (in pipeline order)")
+    for col in ("#", "pass", "group", "what it does", "options"):
+        t.add_column(col)
+    reg = registered_passes()
+    order = list(SHARED_PIPELINE) + sorted(set(reg) - set(SHARED_PIPELINE))
+    for i, name in enumerate(order):
+        cls = reg[name]
+        doc = (cls.__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
+        t.add_row(str(i + 1) if name in SHARED_PIPELINE else "-", name, cls.group, doc, opts)
+    Console().print(t)
+    return 0
+
+
+def cmd_targets(a) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from lgc.targets.profiles import PROFILES
+
+    t = Table(title="lgc targets")
+    for col in ("target", "runtime", "precision", "sampler", "passes", "description"):
+        t.add_column(col)
+    for p in PROFILES.values():
+        t.add_row(p.name, p.runtime, p.precision, f"{p.solver} x{p.steps}, cfg {p.guidance_scale}", " → ".join(p.pipeline()), p.description)
+    Console().print(t)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = _Parser(prog="lgc", description="Compile distilled latent-diffusion models into phone-ready bundles.")
+    ap.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = ap.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    b = sub.add_parser("build", help="compile a diffusers folder into build/<target>/")
+    b.add_argument("--target", required=True, help="build profile (see `lgc targets`)")
+    b.add_argument("--model", type=Path, default=None, help="diffusers pipeline folder (default: lgc's reference model)")
+    b.add_argument("--out", type=Path, default=Path("build"), help="output root; the bundle goes to OUT/<target>")
+    b.add_argument("--steps", type=int, default=None, help="sampler steps (default: the profile's)")
+    b.add_argument("--solver", default=None, help="sampler: ddim, dpmpp_2m, euler (default: the profile's)")
+    b.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
+    b.add_argument("--image-size", type=int, default=None, help="square image size in pixels (default: the model's)")
+    b.add_argument("--golden", type=Path, default=None, help="golden folder to check against (default: found by model hash)")
+    b.add_argument("--cache-dir", type=Path, default=None, help="calibration cache (default: OUT/.cache)")
+    b.add_argument("--quiet", action="store_true")
+    b.set_defaults(fn=cmd_build)
+
+    g = sub.add_parser("golden", help="regenerate fp16 golden outputs of a model (default: the reference models)")
+    g.add_argument("--model", type=Path, default=None)
+    g.add_argument("--name", default=None)
+    g.add_argument("--out", type=Path, default=None, help="parent folder (default: golden_outputs/)")
+    g.add_argument("--steps", type=int, default=20)
+    g.add_argument("--quiet", action="store_true")
+    g.set_defaults(fn=cmd_golden)
+
+    sub.add_parser("passes", help="list the registered passes").set_defaults(fn=cmd_passes)
+    sub.add_parser("targets", help="list the build profiles").set_defaults(fn=cmd_targets)
+    return ap
+
+
+def _terminate(signum, frame):
+    # SIGTERM takes the same path as Ctrl-C: staged output is removed, the old bundle kept.
+    raise KeyboardInterrupt
+
+
+def main(argv=None) -> int:
+    import signal
+
+    argv = sys.argv[1:] if argv is None else argv
+    signal.signal(signal.SIGTERM, _terminate)
+    debug = "--debug" in argv
+    try:
+        a = parser().parse_args(argv)
+        return a.fn(a)
+    except LgcError as e:
+        if debug:
+            raise
+        print(f"lgc: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("lgc: interrupted; no bundle was changed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except Exception as e:  # an lgc bug or a dependency failure lgc did not anticipate
+        if debug:
+            raise
+        msg = " ".join(str(e).split())[:300]
+        print(f"lgc: internal error: {type(e).__name__}: {msg} (rerun with --debug for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+if __name__ == "__main__":
+    sys.exit(main())

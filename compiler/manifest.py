@@ -1,0 +1,62 @@
+"""The bundle manifest: building it, validating it against its JSON Schema, reading it back."""
+
+from __future__ import annotations
+
+import json
+from functools import lru_cache
+from pathlib import Path
+
+from lgc.compiler.errors import UsageError
+
+SCHEMA_VERSION = 1
+SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+
+
+@lru_cache(maxsize=1)
+def schema() -> dict:
+    return json.loads(SCHEMA_PATH.read_text())
+
+
+def validate(manifest: dict) -> None:
+    import jsonschema
+
+    version = manifest.get("schema_version") if isinstance(manifest, dict) else None
+    if isinstance(version, int) and version > SCHEMA_VERSION:
+        raise UsageError(f"manifest schema_version {version} is newer than this lgc understands ({SCHEMA_VERSION}); upgrade lgc")
+    try:
+        jsonschema.validate(manifest, schema())
+    except jsonschema.ValidationError as e:
+        where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
+        raise UsageError(f"manifest is invalid at {where}: {e.message}") from None
+
+
+def load(bundle: Path) -> dict:
+    path = Path(bundle) / "manifest.json"
+    if not Path(bundle).is_dir():
+        raise UsageError(f"bundle folder not found: {bundle}")
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UsageError(f"not an lgc bundle (no manifest.json): {bundle}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UsageError(f"{path}: not valid JSON ({e})") from None
+    validate(manifest)
+    return manifest
+
+
+def tensor_spec(name: str, t) -> dict:
+    return {"name": name, "shape": list(t.shape), "dtype": str(t.dtype).replace("torch.", "")}
+
+
+def component_entry(comp, artifact: dict, sha: str, nbytes: int, runtime: str, precision: str, out_example) -> dict:
+    outs = out_example if isinstance(out_example, (tuple, list)) else (out_example,)
+    return {
+        "file": artifact["file"],
+        "sha256": sha,
+        "bytes": nbytes,
+        "runtime": runtime,
+        "backend": artifact.get("backend", ""),
+        "precision": precision,
+        "inputs": [tensor_spec(n, t) for n, t in zip(comp.input_names, comp.example_inputs)],
+        "outputs": [tensor_spec(n, t) for n, t in zip(comp.output_names, outs)],
+    }

@@ -1,0 +1,226 @@
+"""Load a diffusers pipeline folder into the components lgc compiles.
+
+A folder is checked before any weight is read: it must hold a
+``model_index.json`` and the sub-folders it names, and every architecture
+option lgc cannot compile is named in one error line. Weights are then
+loaded in fp32 and each component is wrapped in a module whose signature is
+exactly what an app calls (see ``wrappers``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from lgc.compiler.errors import ModelInputError, UnsupportedModelError
+from lgc.compiler.wrappers import TextEncoderStep, UNetStep, VaeDecoderStep, VaeEncoderStep
+
+SUPPORTED_DOWN_BLOCKS = {"CrossAttnDownBlock2D", "DownBlock2D"}
+SUPPORTED_UP_BLOCKS = {"CrossAttnUpBlock2D", "UpBlock2D"}
+SUPPORTED_MID_BLOCKS = {"UNetMidBlock2DCrossAttn", None}
+SUPPORTED_VAES = {"AutoencoderKL", "AutoencoderTiny"}
+SUPPORTED_TEXT_ENCODERS = {"CLIPTextModel", "CLIPTextModelWithProjection"}
+# U-Net config keys whose non-default value changes the graph in a way lgc
+# does not lower; each maps to the explanation shown to the user.
+UNSUPPORTED_UNET_OPTIONS = {
+    "addition_embed_type": "added conditioning (SDXL-style text_time embeddings)",
+    "class_embed_type": "class-conditional embeddings",
+    "encoder_hid_dim_type": "an encoder hidden-state projection (IF/Kandinsky-style)",
+}
+WEIGHT_SUFFIXES = (".safetensors", ".bin")
+
+
+@dataclass
+class Component:
+    """One graph an app calls: an eager wrapper, its static example inputs, and its captured graph."""
+
+    name: str
+    module: torch.nn.Module
+    example_inputs: tuple
+    input_names: list[str]
+    output_names: list[str]
+    source_class: str
+    graph: torch.fx.GraphModule | None = None
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass
+class ImportedModel:
+    path: Path
+    sha256: str
+    components: dict[str, Component]
+    tokenizer: object
+    scheduler_config: dict
+    info: dict
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ModelInputError(f"{path}: file is missing") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ModelInputError(f"{path}: not valid JSON ({e})") from None
+
+
+def folder_sha256(path: Path) -> str:
+    """Hash of every config and weight file under ``path`` (names and bytes), order-independent."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".")):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(hashlib.sha256(f.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def check_pipeline_folder(path: Path) -> dict:
+    """Fail with one line if ``path`` is not a diffusers text-to-image pipeline lgc can read."""
+    if not path.exists():
+        raise ModelInputError(f"model folder not found: {path}")
+    if not path.is_dir():
+        raise ModelInputError(f"model path is not a folder: {path}")
+    index_path = path / "model_index.json"
+    if not index_path.exists():
+        raise ModelInputError(f"not a diffusers pipeline folder (no model_index.json): {path}")
+    index = _read_json(index_path)
+    for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
+        if part not in index or not isinstance(index[part], list) or index[part][1] is None:
+            raise ModelInputError(f"{index_path}: the pipeline has no '{part}' component")
+        if not (path / part).is_dir():
+            raise ModelInputError(f"{path}: model_index.json names '{part}' but the folder {part}/ is missing")
+    return index
+
+
+def check_unet_config(cfg: dict) -> None:
+    for i, b in enumerate(cfg.get("down_block_types", [])):
+        if b not in SUPPORTED_DOWN_BLOCKS:
+            raise UnsupportedModelError(f"unet: down block {i} '{b}' is not supported (supported: {', '.join(sorted(SUPPORTED_DOWN_BLOCKS))})")
+    for i, b in enumerate(cfg.get("up_block_types", [])):
+        if b not in SUPPORTED_UP_BLOCKS:
+            raise UnsupportedModelError(f"unet: up block {i} '{b}' is not supported (supported: {', '.join(sorted(SUPPORTED_UP_BLOCKS))})")
+    mid = cfg.get("mid_block_type", "UNetMidBlock2DCrossAttn")
+    if mid not in SUPPORTED_MID_BLOCKS:
+        raise UnsupportedModelError(f"unet: mid block '{mid}' is not supported (supported: UNetMidBlock2DCrossAttn or none)")
+    for key, what in UNSUPPORTED_UNET_OPTIONS.items():
+        if cfg.get(key) is not None:
+            raise UnsupportedModelError(f"unet: {key}={cfg[key]!r} ({what}) is not supported")
+    if cfg.get("in_channels") != cfg.get("out_channels"):
+        raise UnsupportedModelError(
+            f"unet: in_channels={cfg.get('in_channels')} differs from out_channels={cfg.get('out_channels')} (inpainting/depth U-Nets are not supported)"
+        )
+
+
+def _class_of(index: dict, part: str, allowed: set[str]) -> str:
+    cls = index[part][1]
+    if cls not in allowed:
+        raise UnsupportedModelError(f"{part}: class '{cls}' is not supported (supported: {', '.join(sorted(allowed))})")
+    return cls
+
+
+def _load(cls, folder: Path, part: str):
+    try:
+        return cls.from_pretrained(folder / part, torch_dtype=torch.float32, local_files_only=True)
+    except (UnsupportedModelError, ModelInputError):
+        raise
+    except Exception as e:  # diffusers/transformers raise many kinds; all mean the files are broken
+        msg = " ".join(str(e).split())
+        if len(msg) > 300:
+            msg = msg[:300] + "..."
+        raise ModelInputError(f"{part}: cannot load weights from {folder / part}: {type(e).__name__}: {msg}") from None
+
+
+def _check_weight_files(folder: Path, part: str) -> None:
+    files = [f for f in (folder / part).iterdir() if f.name.endswith(WEIGHT_SUFFIXES)]
+    if not files:
+        raise ModelInputError(f"{part}: no weight file (*.safetensors or *.bin) in {folder / part}")
+
+
+def load_pipeline(path: Path, components: tuple[str, ...], image_size: int | None, cfg_batch: bool | None = None) -> ImportedModel:
+    """Read ``path`` into the requested components with static example inputs.
+
+    ``image_size`` defaults to the U-Net's ``sample_size`` times the VAE's
+    downsampling; ``cfg_batch`` (classifier-free guidance as one batch-2
+    U-Net call) defaults to "yes unless the U-Net takes a guidance embedding".
+    """
+    from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    path = Path(path)
+    index = check_pipeline_folder(path)
+    unet_cfg = _read_json(path / "unet" / "config.json")
+    if index["unet"][1] != "UNet2DConditionModel":
+        raise UnsupportedModelError(f"unet: class '{index['unet'][1]}' is not supported (supported: UNet2DConditionModel)")
+    check_unet_config(unet_cfg)
+    vae_cls = _class_of(index, "vae", SUPPORTED_VAES)
+    te_cls = _class_of(index, "text_encoder", SUPPORTED_TEXT_ENCODERS)
+    for part in ("unet", "vae", "text_encoder"):
+        _check_weight_files(path, part)
+    sched_cfg = _read_json(path / "scheduler" / "scheduler_config.json")
+
+    unet = _load(UNet2DConditionModel, path, "unet").eval()
+    vae = _load({"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}[vae_cls], path, "vae").eval()
+    te = _load({"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}[te_cls], path, "text_encoder").eval()
+    try:
+        tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
+    except Exception as e:
+        raise ModelInputError(f"tokenizer: cannot load from {path / 'tokenizer'}: {type(e).__name__}: {e}") from None
+
+    down_factor = 2 ** (len(unet.config.block_out_channels) - 1)
+    vae_factor = 8 if vae_cls == "AutoencoderTiny" else 2 ** (len(vae.config.block_out_channels) - 1)
+    size = image_size or unet.config.sample_size * vae_factor
+    if size % (vae_factor * down_factor):
+        raise ModelInputError(
+            f"image size {size} is not divisible by {vae_factor * down_factor} (VAE factor {vae_factor} x U-Net downsampling {down_factor})"
+        )
+    guidance_dim = unet.config.time_cond_proj_dim
+    if cfg_batch is None:
+        cfg_batch = guidance_dim is None
+    text_len = min(tokenizer.model_max_length, te.config.max_position_embeddings)
+    lat = size // vae_factor
+    lat_ch = unet.config.in_channels
+    unet_batch = 2 if cfg_batch else 1
+    text_dim = te.config.hidden_size
+    if unet.config.cross_attention_dim != text_dim:
+        raise UnsupportedModelError(
+            f"unet: cross_attention_dim={unet.config.cross_attention_dim} does not match the text encoder's hidden size {text_dim}"
+        )
+
+    scale = float(getattr(vae.config, "scaling_factor", 1.0) or 1.0)
+    factories = {
+        "text_encoder": lambda: Component(
+            "text_encoder", TextEncoderStep(te), (torch.zeros(1, text_len, dtype=torch.long),),
+            ["input_ids"], ["last_hidden_state"], te_cls,
+        ),
+        "unet": lambda: Component(
+            "unet", UNetStep(unet),
+            (torch.randn(unet_batch, lat_ch, lat, lat), torch.tensor([500.0]), torch.randn(unet_batch, text_len, text_dim))
+            + ((torch.randn(unet_batch, guidance_dim),) if guidance_dim else ()),
+            ["sample", "timestep", "encoder_hidden_states"] + (["timestep_cond"] if guidance_dim else []),
+            ["noise_pred"], "UNet2DConditionModel",
+        ),
+        "vae_decoder": lambda: Component(
+            "vae_decoder", VaeDecoderStep(vae, scale), (torch.randn(1, lat_ch, lat, lat),), ["latents"], ["image"], vae_cls,
+        ),
+        "vae_encoder": lambda: Component(
+            "vae_encoder", VaeEncoderStep(vae, scale), (torch.rand(1, 3, size, size),), ["image"], ["latents"], vae_cls,
+        ),
+    }
+    unknown = [c for c in components if c not in factories]
+    if unknown:
+        raise ModelInputError(f"unknown component(s) {unknown}; lgc knows {sorted(factories)}")
+    info = {
+        "image_size": size,
+        "latent_shape": [lat_ch, lat, lat],
+        "vae_scale_factor": vae_factor,
+        "latent_scaling_factor": scale,
+        "cfg_batch": cfg_batch,
+        "guidance_embedding_dim": guidance_dim,
+        "text_max_length": text_len,
+        "text_hidden_size": text_dim,
+        "unet_params": sum(p.numel() for p in unet.parameters()),
+        "classes": {"unet": "UNet2DConditionModel", "vae": vae_cls, "text_encoder": te_cls},
+    }
+    return ImportedModel(path, folder_sha256(path), {c: factories[c]() for c in components}, tokenizer, sched_cfg, info)

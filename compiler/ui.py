@@ -1,0 +1,50 @@
+"""Progress and summaries on the terminal (rich), quiet in ``--quiet`` mode."""
+
+from __future__ import annotations
+
+import time
+
+from rich.console import Console
+from rich.table import Table
+
+
+class UI:
+    def __init__(self, quiet: bool = False):
+        self.console = Console(stderr=True, quiet=quiet)
+        self.t0 = time.perf_counter()
+        self._bar = None
+
+    def step(self, msg: str) -> None:
+        self.console.print(f"[dim]{time.perf_counter() - self.t0:7.1f}s[/dim] {msg}", highlight=False)
+
+    def counter(self, label: str):
+        """A callback ``(done, total, what)`` that draws a progress bar for ``label``."""
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        state = {}
+
+        def update(done: int, total: int, what: str = "") -> None:
+            if "bar" not in state:
+                state["bar"] = Progress(TextColumn(f"{label}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                                        TextColumn("{task.description}"), console=self.console, transient=True)
+                state["bar"].start()
+                state["task"] = state["bar"].add_task(what, total=total)
+            state["bar"].update(state["task"], completed=done, description=what[:40])
+            if done >= total:
+                state["bar"].stop()
+                self.step(f"{label}: {total} done")
+
+        return update
+
+    def summary(self, report: dict) -> None:
+        t = Table(title=f"lgc build {report['target']} — {report['model']}", title_justify="left")
+        for col in ("component", "file", "KiB", "latency ms", "PSNR dB (min)", "delegates", "ops outside"):
+            t.add_column(col, justify="right" if col not in ("component", "file") else "left")
+        for name, c in report["components"].items():
+            t.add_row(name, c["file"], f"{c['bytes'] / 1024:.0f}", f"{c['latency_ms_median']:.2f}", f"{c['psnr_db_min']:.1f}",
+                      str(c.get("delegate_subgraphs", "")), str(c.get("nondelegated_compute_ops", "")))
+        e = report["end_to_end"]
+        t.add_row("end to end", f"{e['cases']} cases", f"{report['bundle_bytes'] / 1024:.0f}", f"{e['latency_ms_median']:.1f}",
+                  f"{e['psnr_db_min']:.1f}", "", "", style="bold")
+        self.console.print(t)
+        self.console.print(f"end-to-end SSIM min {e['ssim_min']:.4f}, PSNR mean {e['psnr_db_mean']:.2f} dB against {report['reference']}")

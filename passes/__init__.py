@@ -1,0 +1,8 @@
+"""Every lgc pass, one per file; importing this package registers them all.
+
+Each module is imported explicitly (no discovery by file name), so a pass
+exists exactly when it is listed here.
+"""
+
+from lgc.passes.quantization import annotate_xnnpack_w8a8, calibrate_observers, convert_pt2e  # noqa: F401
+from lgc.passes.step_reduction import lower_sampler  # noqa: F401

@@ -1,0 +1,79 @@
+"""PT2E step 2 of 3: feed the observers the real inputs of the floating-point pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from lgc.compiler.pass_manager import Pass, PassResult, has_observers, register_pass
+
+
+def stratified(samples: list, steps: int, per_step: int) -> list:
+    """``per_step`` samples of every timestep, each from a different run, rotating through the runs.
+
+    Samples are recorded run after run, ``steps`` per run, so sample ``r * steps + i``
+    is run ``r`` at step ``i``.
+    """
+    runs = len(samples) // steps
+    if per_step == 0 or per_step >= runs:
+        return samples
+    picked = []
+    for i in range(steps):
+        for j in range(per_step):
+            r = (i + j * runs // per_step) % runs
+            picked.append(samples[r * steps + i])
+    return picked
+
+
+@register_pass
+class CalibrateObservers(Pass):
+    """Run recorded component inputs through the observed graphs.
+
+    Before: graphs with observers that have seen nothing.
+    After:  the same graphs with observer ranges set from calibration data.
+    The inputs come from the fp32 pipeline running the shipped sampler (see
+    ``lgc.calibration.collect``), so each U-Net timestep the app visits is
+    represented. Options: how many prompts and seeds, and a cap on the
+    U-Net samples per timestep.
+    """
+
+    name = "calibrate_observers"
+    group = "quantization"
+
+    @dataclass(frozen=True)
+    class Config:
+        prompts_file: str = ""  # one prompt a line; empty: lgc's bundled calibration prompts
+        seeds: tuple = (1000, 1001)  # initial-noise seeds per prompt (not the golden seeds)
+        max_prompts: int = 14  # use at most this many prompts of the file
+        # U-Net samples per visited timestep, spread over the prompt/seed runs
+        # (0: all). XNNPACK's activation observer is a histogram, which costs
+        # about a second per U-Net call at this size: the cap keeps every
+        # timestep represented at a fraction of the time.
+        unet_samples_per_timestep: int = 4
+
+        def __post_init__(self):
+            if self.max_prompts < 1 or not self.seeds or self.unet_samples_per_timestep < 0:
+                raise ValueError("calibration needs at least one prompt and one seed")
+
+    def run(self, state, config: Config) -> PassResult:
+        from lgc.calibration.collect import DEFAULT_PROMPTS, collect, read_prompts
+
+        targets = {n: c for n, c in state.model.components.items() if c.graph is not None and has_observers(c.graph)}
+        if not targets:
+            return PassResult(False, {"calibrated": []})
+        prompts = read_prompts(config.prompts_file or DEFAULT_PROMPTS)[: config.max_prompts]
+        calib = collect(state.model, state.sampler.to_json(), prompts, list(config.seeds), state.cache_dir, state.progress_calibration)
+        state.calibration_key = calib.key
+        counts = {}
+        with torch.no_grad():
+            for name, comp in targets.items():
+                samples = calib.inputs.get(name, [])
+                if name == "unet":
+                    samples = stratified(samples, state.sampler.num_steps, config.unet_samples_per_timestep)
+                if not samples:
+                    raise ValueError(f"no calibration inputs recorded for {name}")
+                for args in samples:
+                    comp.graph(*args)
+                counts[name] = len(samples)
+        return PassResult(True, {"samples": counts, "prompts": len(prompts), "seeds": list(config.seeds), "cache": "hit" if calib.cached else "miss", "key": calib.key})

@@ -1,0 +1,118 @@
+"""Run a bundle end to end from its manifest alone, and measure it against the golden outputs.
+
+Component figures feed each artifact the goldens' own inputs (so one
+component's error does not hide another's); end-to-end figures run the
+whole loop, text to image, with nothing but the artifacts and the manifest.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from lgc.calibration.collect import guidance_embedding
+from lgc.runtime_harness.golden import GoldenCase, GoldenSet
+from lgc.runtime_harness.loop import generate, tokenize
+from lgc.runtime_harness.metrics import psnr_db, ssim
+from lgc.runtime_harness.runners import EagerRunner, median_latency_ms, open_runner
+
+
+def load_tokenizer(folder: Path):
+    from transformers import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
+
+
+def _timestep_cond(manifest: dict):
+    tc = manifest["guidance"].get("timestep_cond")
+    return torch.tensor([tc], dtype=torch.float32) if tc else None
+
+
+def _component_checks(name: str, fn, manifest: dict, goldens: GoldenSet, ids: dict, tcond) -> tuple[list[float], tuple]:
+    """PSNR of one component on every golden case, and the inputs used to time it."""
+    scores, example = [], None
+    for case in goldens.cases:
+        if name == "text_encoder":
+            ref = case.prompt_embeds
+            got = torch.cat([fn(ids[""]), fn(ids[case.prompt])]) if ref.shape[0] == 2 else fn(ids[case.prompt])
+            example = (ids[case.prompt],)
+            scores.append(psnr_db(got, ref))
+        elif name == "unet":
+            for sample, t, ref in case.unet.values():
+                inp = (sample, t, case.prompt_embeds) + ((tcond.expand(sample.shape[0], -1),) if tcond is not None else ())
+                example = inp
+                scores.append(psnr_db(fn(*inp), ref))
+        elif name == "vae_decoder":
+            example = (case.latents,)
+            scores.append(psnr_db(fn(case.latents), case.image.unsqueeze(0) if case.image.dim() == 3 else case.image, data_range=1.0))
+    return scores, example
+
+
+def evaluate(fns: dict, manifest: dict, tokenizer, goldens: GoldenSet, repeats: int = 5, progress=None) -> dict:
+    """Figures for one set of component callables (artifacts or eager modules) against ``goldens``."""
+    L = manifest["tokenizer"]["max_length"]
+    cfg_batch = manifest["guidance"]["mode"] == "cfg_batch"
+    tcond = _timestep_cond(manifest)
+    prompts = {"", *(c.prompt for c in goldens.cases)}
+    ids = {p: tokenize(tokenizer, p, L) for p in prompts}
+    components = {}
+    for name, fn in fns.items():
+        if progress:
+            progress(f"checking {name}")
+        scores, example = _component_checks(name, fn, manifest, goldens, ids, tcond)
+        components[name] = {
+            "psnr_db_min": round(min(scores), 2) if scores else None,
+            "psnr_db_mean": round(statistics.fmean(scores), 2) if scores else None,
+            "latency_ms_median": round(median_latency_ms(fn, example, repeats=repeats), 3) if example else None,
+        }
+    e2e = {"psnr": [], "ssim": [], "ms": []}
+    for k, case in enumerate(goldens.cases):
+        if progress:
+            progress(f"end to end {k + 1}/{len(goldens.cases)}")
+        t0 = time.perf_counter()
+        res = generate(manifest["sampler"], fns["text_encoder"], fns["unet"], fns["vae_decoder"], ids[case.prompt], ids[""],
+                       case.noise, cfg_batch, timestep_cond=tcond)
+        e2e["ms"].append((time.perf_counter() - t0) * 1000)
+        ref = case.image.unsqueeze(0) if case.image.dim() == 3 else case.image
+        e2e["psnr"].append(psnr_db(res.image, ref, data_range=1.0))
+        e2e["ssim"].append(ssim(res.image, ref))
+    end_to_end = {
+        "psnr_db_min": round(min(e2e["psnr"]), 2),
+        "psnr_db_mean": round(statistics.fmean(e2e["psnr"]), 2),
+        "ssim_min": round(min(e2e["ssim"]), 4),
+        "ssim_mean": round(statistics.fmean(e2e["ssim"]), 4),
+        "latency_ms_median": round(statistics.median(e2e["ms"]), 1),
+        "cases": len(goldens.cases),
+    }
+    return {"end_to_end": end_to_end, "components": components, "per_case_psnr_db": [round(p, 2) for p in e2e["psnr"]]}
+
+
+def run_bundle(bundle: Path, manifest: dict, goldens: GoldenSet, repeats: int = 5, progress=None) -> dict:
+    """Load every artifact of ``bundle`` in its runtime and evaluate it."""
+    bundle = Path(bundle)
+    fns = {name: open_runner(c["runtime"], bundle / c["file"]) for name, c in manifest["components"].items()}
+    tokenizer = load_tokenizer(bundle / manifest["tokenizer"]["folder"])
+    return evaluate(fns, manifest, tokenizer, goldens, repeats=repeats, progress=progress)
+
+
+@torch.no_grad()
+def eager_reference(model, sampler: dict, prompts: list[str], seeds: list[int], pins: list[int]) -> GoldenSet:
+    """A reference from the source model's fp32 eager components, for models without committed goldens."""
+    from lgc.calibration.collect import initial_noise
+
+    info = model.info
+    fns = {n: EagerRunner(c.module) for n, c in model.components.items()}
+    L = info["text_max_length"]
+    tcond = guidance_embedding(sampler["guidance_scale"], info["guidance_embedding_dim"])
+    cases = []
+    for prompt in prompts:
+        for seed in seeds:
+            noise = initial_noise(seed, info["latent_shape"])
+            res = generate(sampler, fns["text_encoder"], fns["unet"], fns["vae_decoder"], tokenize(model.tokenizer, prompt, L),
+                           tokenize(model.tokenizer, "", L), noise, info["cfg_batch"], timestep_cond=tcond, record_steps=tuple(pins))
+            unet = {i: (inp[0], inp[1], out) for i, (inp, out) in res.unet_io.items()}
+            cases.append(GoldenCase(prompt, seed, noise, res.image[0], res.latents, res.prompt_embeds, unet))
+    return GoldenSet("eager", "eager-fp32 (no goldens recorded for this model)", {"steps": sampler["num_steps"]}, cases)

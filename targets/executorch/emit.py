@@ -1,0 +1,53 @@
+"""Emit one component as an ExecuTorch ``.pte`` with the XNNPACK delegate."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+# Nodes outside the delegate that only move data between the delegate and
+# the caller (no arithmetic): they do not count as non-delegated compute.
+IO_GLUE = {"getitem", "executorch_call_delegate"}
+
+
+def delegation_summary(graph_module) -> dict:
+    """Delegate subgraphs and the compute ops left outside them, from the lowered program."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(graph_module)
+    outside = Counter()
+    for op, b in info.delegation_by_operator.items():
+        if b.non_delegated and op not in IO_GLUE:
+            outside[op] += b.non_delegated
+    return {
+        "delegate_subgraphs": info.num_delegated_subgraphs,
+        "delegated_nodes": info.num_delegated_nodes,
+        "nondelegated_compute_ops": sum(outside.values()),
+        "nondelegated_ops": dict(sorted(outside.items())),
+    }
+
+
+def emit(component, out_dir: Path) -> dict:
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    t0 = time.perf_counter()
+    ep = torch.export.export(component.graph, component.example_inputs, strict=False)
+    t_export = time.perf_counter() - t0
+    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+    t_lower = time.perf_counter() - t0 - t_export
+    summary = delegation_summary(edge.exported_program().graph_module)
+    prog = edge.to_executorch()
+    t_serialize = time.perf_counter() - t0 - t_export - t_lower
+    path = Path(out_dir) / f"{component.name}.pte"
+    path.write_bytes(prog.buffer)
+    return {
+        "file": path.name,
+        "format": "executorch",
+        "backend": "xnnpack",
+        "seconds": {"export": round(t_export, 2), "lower": round(t_lower, 2), "serialize": round(t_serialize, 2)},
+        **summary,
+    }

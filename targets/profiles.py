@@ -1,0 +1,85 @@
+"""Build profiles: named, data-only descriptions of a target.
+
+Every profile runs the one shared pipeline below. A profile removes passes
+from it or sets their options; it never reorders it, so any two profiles
+differ only in what they leave out and how they tune what they keep.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from lgc.compiler.errors import UsageError
+
+# The single source of truth for pass order.
+SHARED_PIPELINE: tuple[str, ...] = (
+    # First: calibration samples exactly the timesteps the shipped sampler visits.
+    "lower_sampler",
+    # Fusion passes (rewrites for whole-delegate lowering) go here, before
+    # quantization, so the quantizer annotates the rewritten patterns.
+    # PT2E keeps its three steps apart: annotate, observe, convert.
+    "annotate_xnnpack_w8a8",
+    "calibrate_observers",
+    "convert_pt2e",
+)
+QUANTIZATION_PASSES = ("annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e")
+
+
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    runtime: str  # key of the emitter in lgc.targets.EMITTERS
+    precision: str  # what the weights and activations are computed in
+    components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
+    solver: str = "dpmpp_2m"
+    steps: int = 20
+    guidance_scale: float = 5.0
+    image_size: int | None = None  # None: the model's own (U-Net sample_size x VAE factor)
+    disabled_passes: tuple[str, ...] = ()
+    pass_options: dict = field(default_factory=dict)
+
+    def pipeline(self) -> list[str]:
+        return [p for p in SHARED_PIPELINE if p not in self.disabled_passes]
+
+    def options(self) -> dict[str, dict]:
+        """Per-pass options, with the sampler settings handed to ``lower_sampler``."""
+        opts = {k: dict(v) for k, v in self.pass_options.items() if k in self.pipeline()}
+        opts.setdefault("lower_sampler", {}).update(solver=self.solver, steps=self.steps, guidance_scale=self.guidance_scale)
+        return opts
+
+    def with_overrides(self, **kw) -> "Profile":
+        kw = {k: v for k, v in kw.items() if v is not None}
+        if "steps" in kw and kw["steps"] < 1:
+            raise UsageError(f"--steps must be at least 1, got {kw['steps']}")
+        if "image_size" in kw and kw["image_size"] < 8:
+            raise UsageError(f"--image-size must be at least 8, got {kw['image_size']}")
+        return dataclasses.replace(self, **kw)
+
+
+PROFILES: dict[str, Profile] = {
+    p.name: p
+    for p in (
+        Profile(
+            name="android-int8",
+            description="ExecuTorch .pte, XNNPACK delegate, PT2E static W8A8 (per-channel int8 weights, int8 activations)",
+            runtime="executorch-xnnpack",
+            precision="int8",
+        ),
+        Profile(
+            name="android-fp32",
+            description="ExecuTorch .pte, XNNPACK delegate, fp32",
+            runtime="executorch-xnnpack",
+            precision="fp32",
+            disabled_passes=QUANTIZATION_PASSES,
+        ),
+    )
+}
+
+
+def get_profile(name: str) -> Profile:
+    try:
+        return PROFILES[name]
+    except KeyError:
+        raise UsageError(f"unknown target '{name}'; known targets: {', '.join(PROFILES)}") from None
