@@ -50,8 +50,14 @@ def cmd_golden(a) -> int:
     return 0
 
 
-def cmd_passes(a) -> int:
+def _console():
     from rich.console import Console
+
+    # Piped output (CI logs, grep) gets wide tables instead of truncated cells.
+    return Console() if sys.stdout.isatty() else Console(width=220)
+
+
+def cmd_passes(a) -> int:
     from rich.table import Table
 
     from lgc.compiler.pass_manager import registered_passes
@@ -67,12 +73,11 @@ def cmd_passes(a) -> int:
         doc = (cls.__doc__ or "").strip().splitlines()[0]
         opts = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
         t.add_row(str(i + 1) if name in SHARED_PIPELINE else "-", name, cls.group, doc, opts)
-    Console().print(t)
+    _console().print(t)
     return 0
 
 
 def cmd_targets(a) -> int:
-    from rich.console import Console
     from rich.table import Table
 
     from lgc.targets.profiles import PROFILES
@@ -82,7 +87,7 @@ def cmd_targets(a) -> int:
         t.add_column(col)
     for p in PROFILES.values():
         t.add_row(p.name, p.runtime, p.precision, f"{p.solver} x{p.steps}, cfg {p.guidance_scale}", " → ".join(p.pipeline()), p.description)
-    Console().print(t)
+    _console().print(t)
     return 0
 
 

@@ -60,5 +60,5 @@ class VaeEncoderStep(torch.nn.Module):
 
     def forward(self, image):
         out = self.vae.encode(image * 2 - 1, return_dict=False)[0]
-        latents = out.mean if hasattr(out, "mean") else out
+        latents = out if isinstance(out, torch.Tensor) else out.mean
         return latents * self.scaling_factor
