@@ -16,12 +16,18 @@ from lgc.compiler.errors import UsageError
 SHARED_PIPELINE: tuple[str, ...] = (
     # First: calibration samples exactly the timesteps the shipped sampler visits.
     "lower_sampler",
-    # Fusion passes (rewrites for whole-delegate lowering) go here, before
-    # quantization, so the quantizer annotates the rewritten patterns.
+    # Rewrites that change which ops exist come before quantization, so the
+    # quantizer annotates the rewritten patterns.
+    "unmask_attention",
+    "split_geglu_chunk",
     # PT2E keeps its three steps apart: annotate, observe, convert.
     "annotate_xnnpack_w8a8",
     "calibrate_observers",
     "convert_pt2e",
+    # Normalisations are decomposed after quantization: the quantizer would
+    # annotate their add/mul in int8, and their statistics need fp32.
+    "decompose_group_norm",
+    "decompose_layer_norm",
 )
 QUANTIZATION_PASSES = ("annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e")
 

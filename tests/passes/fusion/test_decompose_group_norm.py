@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import torch
+
+from lgc.passes.fusion.decompose_group_norm import DecomposeGroupNorm
+from tests.passes.fusion.conftest import lower_and_count, run_pass, state_of
+
+
+class NormConv(torch.nn.Module):
+    def __init__(self, affine=True):
+        super().__init__()
+        torch.manual_seed(0)
+        self.norm = torch.nn.GroupNorm(4, 16, affine=affine)
+        if affine:
+            torch.nn.init.normal_(self.norm.weight)
+            torch.nn.init.normal_(self.norm.bias)
+        self.conv = torch.nn.Conv2d(16, 16, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(torch.nn.functional.silu(self.norm(x)))
+
+
+def test_rewrites_group_norm_exactly():
+    x = torch.randn(2, 16, 8, 8) * 3 + 1
+    res, before, after, err = run_pass(DecomposeGroupNorm, NormConv(), x)
+    assert res.changed and res.details["rewritten"] == {"unet": 1}
+    assert before["aten.group_norm.default"] == 1 and after["aten.group_norm.default"] == 0
+    assert after["aten.mean.dim"] == 2 and after["aten.rsqrt.default"] == 1
+    assert err < 1e-4
+
+
+def test_without_affine():
+    x = torch.randn(1, 16, 4, 4)
+    res, _, after, err = run_pass(DecomposeGroupNorm, NormConv(affine=False), x)
+    assert res.changed and after["aten.mean.dim"] == 2 and err < 1e-4
+
+
+def test_result_lowers_to_one_delegate():
+    x = torch.randn(1, 16, 8, 8)
+    state = state_of(NormConv(), x)
+    before = lower_and_count(state.model.components["unet"].graph, (x,))
+    DecomposeGroupNorm().run(state, DecomposeGroupNorm.Config())
+    after = lower_and_count(state.model.components["unet"].graph, (x,))
+    assert before["nondelegated_ops"].get("aten_native_group_norm_default") == 1
+    assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after
+
+
+def test_no_group_norm_no_change():
+    res, before, after, _ = run_pass(DecomposeGroupNorm, torch.nn.Conv2d(4, 4, 1), torch.randn(1, 4, 4, 4))
+    assert not res.changed and before == after

@@ -1,0 +1,49 @@
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from lgc.passes.fusion.unmask_attention import UnmaskAttention
+from tests.passes.fusion.conftest import lower_and_count, run_pass, state_of
+
+
+class Attn(torch.nn.Module):
+    """diffusers-style attention: separate q/k/v projections, heads split by view + transpose."""
+
+    def __init__(self, causal=False):
+        super().__init__()
+        torch.manual_seed(0)
+        self.q, self.k, self.v = (torch.nn.Linear(16, 16) for _ in range(3))
+        self.causal = causal
+
+    def forward(self, x):
+        def heads(t):
+            return t.view(1, -1, 2, 8).transpose(1, 2)
+
+        o = F.scaled_dot_product_attention(heads(self.q(x)), heads(self.k(x)), heads(self.v(x)), is_causal=self.causal)
+        return o.transpose(1, 2).reshape(1, -1, 16)
+
+
+def test_rewrites_sdpa_exactly():
+    x = torch.randn(1, 12, 16)
+    res, before, after, err = run_pass(UnmaskAttention, Attn(), x)
+    assert res.changed and res.details["rewritten"] == {"unet": 1}
+    assert before["aten.scaled_dot_product_attention.default"] == 1
+    assert after["aten.scaled_dot_product_attention.default"] == 0
+    assert after["aten.bmm.default"] == 2 and after["aten.softmax.int"] == 1
+    assert err < 1e-5
+
+
+def test_causal_attention_is_left_alone():
+    res, before, after, err = run_pass(UnmaskAttention, Attn(causal=True), torch.randn(1, 12, 16))
+    assert not res.changed and before == after and err == 0
+
+
+def test_mask_glue_is_gone_after_lowering():
+    x = torch.randn(1, 12, 16)
+    state = state_of(Attn(), x)
+    before = lower_and_count(state.model.components["unet"].graph, (x,))
+    UnmaskAttention().run(state, UnmaskAttention.Config())
+    after = lower_and_count(state.model.components["unet"].graph, (x,))
+    assert before["nondelegated_compute_ops"] > 0
+    assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after

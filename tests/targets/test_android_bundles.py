@@ -1,0 +1,96 @@
+"""android-int8 and android-fp32 of the reference model: loadable artifacts, a valid manifest, the quality bars."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from lgc.compiler import manifest as manifest_mod
+from lgc.compiler.bundle import verify_bundle_files
+from lgc.compiler.errors import UsageError
+
+COMPONENTS = ("text_encoder", "unet", "vae_decoder")
+
+
+@pytest.mark.parametrize("target", ["android-int8", "android-fp32"])
+def test_bundle_layout_manifest_and_hashes(bundles, target):
+    folder, _ = bundles[target]
+    man = manifest_mod.load(folder)  # validates against the JSON Schema
+    assert set(man["components"]) == set(COMPONENTS)
+    for c in COMPONENTS:
+        assert (folder / f"{c}.pte").exists()
+    verify_bundle_files(folder, man)
+    assert (folder / "tokenizer" / "tokenizer.json").exists() or (folder / "tokenizer" / "vocab.json").exists()
+    s = man["sampler"]
+    assert len(s["timesteps"]) == len(s["x_coef"]) == len(s["eps_coef"]) == s["num_steps"]
+    assert not [p for p in folder.parent.iterdir() if "staging" in p.name]
+
+
+@pytest.mark.parametrize("target", ["android-int8", "android-fp32"])
+def test_each_pte_runs_in_the_executorch_runtime(bundles, target):
+    from executorch.runtime import Runtime
+
+    folder, _ = bundles[target]
+    man = manifest_mod.load(folder)
+    for name, c in man["components"].items():
+        method = Runtime.get().load_program(folder / c["file"]).load_method("forward")
+        inputs = []
+        for spec in c["inputs"]:
+            dtype = getattr(torch, spec["dtype"])
+            inputs.append(torch.zeros(spec["shape"], dtype=dtype) if dtype == torch.long else torch.randn(spec["shape"]))
+        out = method.execute(inputs)[0]
+        assert list(out.shape) == c["outputs"][0]["shape"] and torch.isfinite(out).all(), name
+
+
+@pytest.mark.parametrize("target", ["android-int8", "android-fp32"])
+def test_report_has_the_promised_fields(bundles, target):
+    folder, report = bundles[target]
+    on_disk = json.loads((folder / "report.json").read_text())
+    assert on_disk == json.loads(json.dumps(report))
+    assert on_disk["target"] == target and on_disk["reference"] == "golden_outputs/reference-student"
+    for k in ("psnr_db_min", "psnr_db_mean", "ssim_min", "latency_ms_median"):
+        assert isinstance(on_disk["end_to_end"][k], float)
+    for c in COMPONENTS:
+        comp = on_disk["components"][c]
+        for k in ("file", "bytes", "latency_ms_median", "psnr_db_min", "delegate_subgraphs", "nondelegated_compute_ops"):
+            assert k in comp, (c, k)
+        assert comp["delegate_subgraphs"] >= 1
+    passes = json.loads((folder / "passes.json").read_text())
+    assert [p["pass"] for p in passes["passes"]] == passes["pipeline"]
+
+
+def test_int8_quality_against_fp16_goldens(bundles):
+    e2e = bundles["android-int8"][1]["end_to_end"]
+    assert e2e["psnr_db_min"] >= 25.0, e2e
+    assert e2e["ssim_min"] >= 0.90, e2e
+
+
+def test_fp32_components_match_goldens(bundles):
+    report = bundles["android-fp32"][1]
+    for c in COMPONENTS:
+        assert report["components"][c]["psnr_db_min"] >= 35.0, (c, report["components"][c])
+
+
+def test_int8_bundle_is_under_030_of_fp32(bundles):
+    int8 = bundles["android-int8"][1]["bundle_bytes"]
+    fp32 = bundles["android-fp32"][1]["bundle_bytes"]
+    assert int8 <= 0.30 * fp32, (int8, fp32, int8 / fp32)
+
+
+def test_tampered_bundle_is_rejected(bundles, tmp_path):
+    import shutil
+
+    folder = tmp_path / "b"
+    shutil.copytree(bundles["android-fp32"][0], folder)
+    man = manifest_mod.load(folder)
+    pte = folder / "unet.pte"
+    data = bytearray(pte.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pte.write_bytes(bytes(data))
+    with pytest.raises(UsageError, match="unet.pte was altered after build"):
+        verify_bundle_files(folder, man)
+    newer = {**man, "schema_version": manifest_mod.SCHEMA_VERSION + 1}
+    with pytest.raises(UsageError, match="newer than this lgc understands"):
+        manifest_mod.validate(newer)
