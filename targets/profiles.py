@@ -28,6 +28,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     # annotate their add/mul in int8, and their statistics need fp32.
     "decompose_group_norm",
     "decompose_layer_norm",
+    # Exact data movement: quantizing it would add rounding and no speed.
+    "upsample_as_deconv",
 )
 QUANTIZATION_PASSES = ("annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e")
 
