@@ -1,15 +1,14 @@
-"""Small helpers shared by the fusion passes (graph rewriting on aten GraphModules)."""
+"""Shared machinery of the fusion passes: rewriting one node at a time on aten GraphModules."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
+from lgc.compiler.pass_manager import Pass, PassResult
 
-def graphs(state, components: tuple[str, ...] | None = None):
-    """(name, GraphModule) of each captured component, optionally only the named ones."""
-    for name, comp in state.model.components.items():
-        if comp.graph is not None and (components is None or name in components):
-            yield name, comp.graph
+ALL_COMPONENTS = ("text_encoder", "unet", "vae_decoder", "vae_encoder")
 
 
 def shape_of(node: torch.fx.Node):
@@ -18,7 +17,49 @@ def shape_of(node: torch.fx.Node):
     return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
-def finish(gm: torch.fx.GraphModule) -> None:
-    gm.graph.eliminate_dead_code()
-    gm.graph.lint()
-    gm.recompile()
+def arg(node: torch.fx.Node, index: int, name: str, default=None):
+    """A call argument given either positionally or by keyword."""
+    return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
+
+
+class NodeRewritePass(Pass):
+    """A pass that rewrites each node whose target is in ``op_targets``, component by component.
+
+    Subclasses implement ``rewrite(gm, node)``, inserting the new nodes before
+    ``node`` and returning the node that replaces it (the base class rewires
+    its users and erases it), ``True`` when they rewired and erased it
+    themselves, or ``None`` to leave this node alone.
+    """
+
+    @dataclass(frozen=True)
+    class Config:
+        components: tuple = ALL_COMPONENTS  # names of the component graphs to rewrite
+
+    def rewrite(self, gm: torch.fx.GraphModule, node: torch.fx.Node):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def run(self, state, config) -> PassResult:
+        targets = set(self.op_targets)
+        counts = {}
+        for name, comp in state.model.components.items():
+            gm = comp.graph
+            if gm is None or name not in config.components:
+                continue
+            n = 0
+            for node in list(gm.graph.nodes):
+                if node.op != "call_function" or node.target not in targets:
+                    continue
+                with gm.graph.inserting_before(node):
+                    new = self.rewrite(gm, node)
+                if new is None:
+                    continue
+                if new is not True:
+                    node.replace_all_uses_with(new)
+                    gm.graph.erase_node(node)
+                n += 1
+            if n:
+                gm.graph.eliminate_dead_code()
+                gm.graph.lint()
+                gm.recompile()
+                counts[name] = n
+        return PassResult(bool(counts), {"rewritten": counts})
