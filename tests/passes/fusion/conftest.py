@@ -38,3 +38,11 @@ def lower_and_count(gm, inputs) -> dict:
     ep = torch.export.export(gm, inputs)
     edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
     return delegation_summary(edge.exported_program().graph_module)
+
+
+def delegation_before_after(cls, module, *inputs, name="unet"):
+    """Lowering figures of ``module``'s graph without and with pass ``cls``."""
+    state = state_of(module, *inputs, name=name)
+    before = lower_and_count(state.model.components[name].graph, inputs)
+    cls().run(state, cls.Config())
+    return before, lower_and_count(state.model.components[name].graph, inputs)

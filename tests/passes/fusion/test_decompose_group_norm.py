@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from lgc.passes.fusion.decompose_group_norm import DecomposeGroupNorm
-from tests.passes.fusion.conftest import lower_and_count, run_pass, state_of
+from tests.passes.fusion.conftest import delegation_before_after, run_pass
 
 
 class NormConv(torch.nn.Module):
@@ -37,10 +37,7 @@ def test_without_affine():
 
 def test_result_lowers_to_one_delegate():
     x = torch.randn(1, 16, 8, 8)
-    state = state_of(NormConv(), x)
-    before = lower_and_count(state.model.components["unet"].graph, (x,))
-    DecomposeGroupNorm().run(state, DecomposeGroupNorm.Config())
-    after = lower_and_count(state.model.components["unet"].graph, (x,))
+    before, after = delegation_before_after(DecomposeGroupNorm, NormConv(), x)
     assert before["nondelegated_ops"].get("aten_native_group_norm_default") == 1
     assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after
 

@@ -3,7 +3,7 @@ from __future__ import annotations
 import torch
 
 from lgc.passes.fusion.decompose_layer_norm import DecomposeLayerNorm
-from tests.passes.fusion.conftest import lower_and_count, run_pass, state_of
+from tests.passes.fusion.conftest import delegation_before_after, run_pass
 
 
 class NormLinear(torch.nn.Module):
@@ -30,10 +30,7 @@ def test_rewrites_layer_norm_exactly():
 
 def test_result_lowers_to_one_delegate():
     x = torch.randn(1, 10, 32)
-    state = state_of(NormLinear(), x)
-    before = lower_and_count(state.model.components["unet"].graph, (x,))
-    DecomposeLayerNorm().run(state, DecomposeLayerNorm.Config())
-    after = lower_and_count(state.model.components["unet"].graph, (x,))
+    before, after = delegation_before_after(DecomposeLayerNorm, NormLinear(), x)
     assert before["nondelegated_ops"].get("aten_native_layer_norm_default") == 1
     assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from lgc.passes.fusion.split_geglu_chunk import SplitGegluChunk
-from tests.passes.fusion.conftest import lower_and_count, run_pass, state_of
+from tests.passes.fusion.conftest import delegation_before_after, run_pass
 
 
 class GEGLU(torch.nn.Module):
@@ -29,9 +29,6 @@ def test_rewrites_chunk_into_slices_exactly():
 
 def test_result_lowers_to_one_delegate():
     x = torch.randn(1, 10, 16)
-    state = state_of(GEGLU(), x)
-    before = lower_and_count(state.model.components["unet"].graph, (x,))
-    SplitGegluChunk().run(state, SplitGegluChunk.Config())
-    after = lower_and_count(state.model.components["unet"].graph, (x,))
+    before, after = delegation_before_after(SplitGegluChunk, GEGLU(), x)
     assert before["nondelegated_compute_ops"] >= 1
     assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after

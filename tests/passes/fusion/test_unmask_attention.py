@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from lgc.passes.fusion.unmask_attention import UnmaskAttention
-from tests.passes.fusion.conftest import lower_and_count, run_pass, state_of
+from tests.passes.fusion.conftest import delegation_before_after, run_pass
 
 
 class Attn(torch.nn.Module):
@@ -41,9 +41,6 @@ def test_causal_attention_is_left_alone():
 
 def test_mask_glue_is_gone_after_lowering():
     x = torch.randn(1, 12, 16)
-    state = state_of(Attn(), x)
-    before = lower_and_count(state.model.components["unet"].graph, (x,))
-    UnmaskAttention().run(state, UnmaskAttention.Config())
-    after = lower_and_count(state.model.components["unet"].graph, (x,))
+    before, after = delegation_before_after(UnmaskAttention, Attn(), x)
     assert before["nondelegated_compute_ops"] > 0
     assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after

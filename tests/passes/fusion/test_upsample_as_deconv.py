@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 
 from lgc.passes.fusion.upsample_as_deconv import UpsampleAsDeconv
-from tests.passes.fusion.conftest import lower_and_count, run_pass, state_of
+from tests.passes.fusion.conftest import delegation_before_after, run_pass
 
 
 class UpConv(torch.nn.Module):
@@ -39,9 +39,6 @@ def test_non_integer_factor_is_left_alone():
 
 def test_result_lowers_to_one_delegate():
     x = torch.randn(1, 8, 6, 6)
-    state = state_of(UpConv(), x)
-    before = lower_and_count(state.model.components["unet"].graph, (x,))
-    UpsampleAsDeconv().run(state, UpsampleAsDeconv.Config())
-    after = lower_and_count(state.model.components["unet"].graph, (x,))
+    before, after = delegation_before_after(UpsampleAsDeconv, UpConv(), x)
     assert before["nondelegated_ops"].get("aten_upsample_nearest2d_vec") == 1
     assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after
