@@ -432,6 +432,18 @@ def evidence(out: Path, vae, tiny, scale, sample_fn) -> dict:
     return figs
 
 
+def set_text_encoder_load_dtype(config_path: Path) -> None:
+    """Weights are stored in fp16 to stay small, but load in fp32 by default.
+
+    transformers loads a model in the ``dtype`` its config names, diffusers in
+    fp32: left as saved, a plain ``from_pretrained`` would give an fp16 text
+    encoder beside an fp32 U-Net, which fails on CPU.
+    """
+    cfg = json.loads(config_path.read_text())
+    cfg["dtype"] = "float32"
+    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+
 def export(out: Path, work: Path, tokenizer, te, teacher, student, vae, tiny, scale, timings, steps_cfg):
     from diffusers import DDIMScheduler, StableDiffusionPipeline
 
@@ -448,6 +460,7 @@ def export(out: Path, work: Path, tokenizer, te, teacher, student, vae, tiny, sc
         shutil.rmtree(tmp, ignore_errors=True)
         pipe.to(torch.float16).save_pretrained(tmp, safe_serialization=True)
         pipe.to(torch.float32)
+        set_text_encoder_load_dtype(tmp / "text_encoder" / "config.json")
         shutil.rmtree(dest, ignore_errors=True)
         tmp.replace(dest)
 
