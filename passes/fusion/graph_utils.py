@@ -17,6 +17,19 @@ def shape_of(node: torch.fx.Node):
     return tuple(val.shape) if isinstance(val, torch.Tensor) else None
 
 
+def refresh_meta(gm: torch.fx.GraphModule, example_inputs) -> None:
+    """Recompute ``meta["val"]`` (shapes/dtypes) of every node, new ones included.
+
+    Later passes read shapes from it, and PT2E's ``prepare_pt2e`` needs it on
+    every node it annotates.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    from torch.fx.passes.fake_tensor_prop import FakeTensorProp
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    FakeTensorProp(gm, mode).propagate(*[mode.from_tensor(t) for t in example_inputs])
+
+
 def arg(node: torch.fx.Node, index: int, name: str, default=None):
     """A call argument given either positionally or by keyword."""
     return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
@@ -45,6 +58,11 @@ class NodeRewritePass(Pass):
             gm = comp.graph
             if gm is None or name not in config.components:
                 continue
+            if not any(node.target in targets for node in gm.graph.nodes):
+                continue
+            if any("val" not in node.meta for node in gm.graph.nodes if node.op == "call_function"):
+                # Earlier rewrites (e.g. PT2E convert's Q/DQ nodes) left nodes without shapes.
+                refresh_meta(gm, comp.example_inputs)
             n = 0
             for node in list(gm.graph.nodes):
                 if node.op != "call_function" or node.target not in targets:
@@ -61,5 +79,6 @@ class NodeRewritePass(Pass):
                 gm.graph.eliminate_dead_code()
                 gm.graph.lint()
                 gm.recompile()
+                refresh_meta(gm, comp.example_inputs)
                 counts[name] = n
         return PassResult(bool(counts), {"rewritten": counts})

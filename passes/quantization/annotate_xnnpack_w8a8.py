@@ -4,7 +4,44 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import torch
+
 from lgc.compiler.pass_manager import Pass, PassResult, register_pass
+
+aten = torch.ops.aten
+# Operator groups the XNNPACK quantizer can annotate, by the aten targets it matches.
+OPERATOR_GROUPS = {
+    "conv": {aten.conv2d.default, aten.conv_transpose2d.input},
+    "linear": {aten.linear.default},
+    "add": {aten.add.Tensor},
+    "mul": {aten.mul.Tensor},
+    "cat": {aten.cat.default},
+}
+
+
+def module_paths(node: torch.fx.Node) -> list[list[str]]:
+    """The module paths on ``node``'s ``nn_module_stack``, each split into names (["unet", "up_blocks", "2", ...])."""
+    paths = []
+    for value in node.meta.get("nn_module_stack", {}).values():
+        path = value[0] if isinstance(value, tuple) else str(value)
+        paths.append([p for p in path.replace("[", ".").replace("]", "").replace("'", "").split(".") if p])
+    return paths
+
+
+def in_module(node: torch.fx.Node, dotted: str) -> bool:
+    """Whether ``node`` lies inside a module whose path contains ``dotted`` ("conv_in", "up_blocks.2")."""
+    want = dotted.split(".")
+    k = len(want)
+    return any(path[i : i + k] == want for path in module_paths(node) for i in range(len(path) - k + 1))
+
+
+def make_filter(operators: tuple[str, ...], keep_float_modules: tuple[str, ...]):
+    excluded = set().union(*(OPERATOR_GROUPS[g] for g in OPERATOR_GROUPS if g not in operators))
+
+    def allow(node: torch.fx.Node) -> bool:
+        return node.target not in excluded and not any(in_module(node, m) for m in keep_float_modules)
+
+    return allow
 
 
 @register_pass
@@ -13,10 +50,15 @@ class AnnotateXnnpackW8A8(Pass):
 
     Before: fp32 aten graph (conv2d, linear, add, ...).
     After:  the same graph with ``activation_post_process_*`` observer modules
-            around every annotated op (``prepare_pt2e`` with XNNPACKQuantizer).
-    Options: per-channel or per-tensor weights; which components to quantize.
-    The observers see data only in ``calibrate_observers``; ``convert_pt2e``
-    turns them into quantize/dequantize pairs.
+            around every annotated op (``prepare_pt2e`` with XNNPACKQuantizer,
+            per-channel symmetric int8 weights, int8 activations).
+    Which ops: by default conv, linear and add. Measured on the reference
+    U-Net (20 steps, guidance 5, end-to-end PSNR against the fp16 goldens):
+    quantizing every op XNNPACK can take gives 7.2 dB; leaving ``mul`` (the
+    GEGLU gate and attention scaling) in fp32 gives 24.9 dB; also keeping the
+    U-Net's ``conv_in``/``conv_out`` in fp32 gives 28.8 dB. Unannotated ops
+    still run inside the delegate, in fp32.
+    The observers see data only in ``calibrate_observers``.
     """
 
     name = "annotate_xnnpack_w8a8"
@@ -26,6 +68,13 @@ class AnnotateXnnpackW8A8(Pass):
     class Config:
         per_channel: bool = True  # per-output-channel int8 weight scales (XNNPACK's recommended form)
         components: tuple = ("text_encoder", "unet", "vae_decoder")  # which graphs to quantize
+        operators: tuple = ("conv", "linear", "add")  # op groups given int8 activations (of OPERATOR_GROUPS)
+        keep_float_modules: tuple = ("conv_in", "conv_out")  # module paths ("conv_in", "up_blocks.2") whose ops stay fp32
+
+        def __post_init__(self):
+            unknown = set(self.operators) - set(OPERATOR_GROUPS)
+            if unknown:
+                raise ValueError(f"unknown operator group(s) {sorted(unknown)} (known: {', '.join(OPERATOR_GROUPS)})")
 
     def run(self, state, config: Config) -> PassResult:
         from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
@@ -34,14 +83,17 @@ class AnnotateXnnpackW8A8(Pass):
         )
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
 
-        prepared = []
+        prepared = {}
         for name, comp in state.model.components.items():
             if name not in config.components or comp.graph is None:
                 continue
-            quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=config.per_channel))
+            quantizer = (
+                XNNPACKQuantizer()
+                .set_global(get_symmetric_quantization_config(is_per_channel=config.per_channel))
+                .set_filter_function(make_filter(config.operators, config.keep_float_modules))
+            )
             comp.graph = prepare_pt2e(comp.graph, quantizer)
             n_obs = sum(1 for n in comp.graph.graph.nodes if n.op == "call_module" and "activation_post_process" in str(n.target))
-            comp.meta["observers"] = n_obs
             if n_obs:
-                prepared.append(name)
-        return PassResult(bool(prepared), {"prepared": prepared, "observers": {n: state.model.components[n].meta["observers"] for n in prepared}})
+                prepared[name] = n_obs
+        return PassResult(bool(prepared), {"prepared": sorted(prepared), "observers": prepared})

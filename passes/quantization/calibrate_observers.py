@@ -50,7 +50,7 @@ class CalibrateObservers(Pass):
         # (0: all). XNNPACK's activation observer is a histogram, which costs
         # about a second per U-Net call at this size: the cap keeps every
         # timestep represented at a fraction of the time.
-        unet_samples_per_timestep: int = 4
+        unet_samples_per_timestep: int = 8
 
         def __post_init__(self):
             if self.max_prompts < 1 or not self.seeds or self.unet_samples_per_timestep < 0:

@@ -19,3 +19,31 @@ def test_observers_wrap_conv_and_linear(conv_state):
 def test_components_option_limits_what_is_annotated(conv_state):
     res = AnnotateXnnpackW8A8().run(conv_state, AnnotateXnnpackW8A8.Config(components=("text_encoder",)))
     assert not res.changed and not has_observers(conv_state.model.components["unet"].graph)
+
+
+def test_operator_groups_and_float_modules_are_respected():
+    import torch
+
+    from lgc.passes.quantization.annotate_xnnpack_w8a8 import in_module, make_filter
+    from tests.passes.quantization.conftest import make_state
+
+    state, _ = make_state()
+    gm = state.model.components["unet"].graph
+    conv = next(n for n in gm.graph.nodes if n.target == torch.ops.aten.conv2d.default)
+    assert in_module(conv, "conv") and not in_module(conv, "lin") and not in_module(conv, "co")
+    assert make_filter(("conv", "linear"), ())(conv)
+    assert not make_filter(("linear",), ())(conv)
+    assert not make_filter(("conv", "linear"), ("conv",))(conv)
+    AnnotateXnnpackW8A8().run(state, AnnotateXnnpackW8A8.Config(components=("unet",), keep_float_modules=("conv",)))
+    # Only the linear is observed now: its input, output and weight.
+    few = sum(1 for n in state.model.components["unet"].graph.graph.nodes if n.op == "call_module")
+    full, _ = make_state()
+    AnnotateXnnpackW8A8().run(full, AnnotateXnnpackW8A8.Config(components=("unet",)))
+    assert 0 < few < sum(1 for n in full.model.components["unet"].graph.graph.nodes if n.op == "call_module")
+
+
+def test_unknown_operator_group_is_rejected():
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown operator group"):
+        AnnotateXnnpackW8A8.Config(operators=("conv", "softmax"))
