@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 
 from lgc.compiler.golden import GOLDEN_GUIDANCE, GOLDEN_STEPS
 from lgc.compiler.model_import import load_pipeline
