@@ -61,19 +61,21 @@ def test_report_has_the_promised_fields(bundles, target):
     assert [p["pass"] for p in passes["passes"]] == passes["pipeline"]
 
 
-# The issue's bars are 25 dB / 0.90 end to end and int8 <= 0.30x fp32 bytes.
-# Measured on the reference model (see README, "Measured figures"): 24.6 dB /
-# 0.898 and 0.336x, so these guards sit just under what is reached today and
-# fail on any real regression; raising them to the bars is open work.
-INT8_E2E_PSNR_MIN_DB = 22.0
-INT8_E2E_SSIM_MIN = 0.88
+# The spine issue's bars: 25 dB / 0.90 end to end, int8 <= 0.30x fp32 bytes.
+# Measured on the reference model (README, "Measured figures"): 28.1 dB /
+# 0.9016 and 0.336x. PSNR is held at the bar; SSIM 0.01 under it, because
+# XNNPACK picks different kernels on other x86 CPUs and 0.9016 leaves no room
+# for their rounding; the size guard sits just above what is reached today
+# (reaching 0.30x is open work: see the issue notes).
+INT8_E2E_PSNR_MIN_DB = 25.0
+INT8_E2E_SSIM_MIN = 0.89
 INT8_TO_FP32_BYTES_MAX = 0.35
 
 
 def test_int8_quality_against_fp16_goldens(bundles):
     e2e = bundles["android-int8"][1]["end_to_end"]
     assert e2e["psnr_db_min"] >= INT8_E2E_PSNR_MIN_DB, e2e
-    assert e2e["psnr_db_mean"] >= 27.0, e2e
+    assert e2e["psnr_db_mean"] >= 29.0, e2e
     assert e2e["ssim_min"] >= INT8_E2E_SSIM_MIN, e2e
     # Each int8 component on its own stays close to the goldens.
     for name, c in bundles["android-int8"][1]["components"].items():
