@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
@@ -30,9 +30,7 @@ class BuildState:
     model: ImportedModel
     sampler: SamplerPlan | None = None
     cache_dir: Path | None = None
-    calibration_key: str | None = None
     progress_calibration: object = None
-    notes: dict = field(default_factory=dict)
 
 
 def model_name(path: Path) -> str:

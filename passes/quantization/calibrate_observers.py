@@ -64,7 +64,6 @@ class CalibrateObservers(Pass):
             return PassResult(False, {"calibrated": []})
         prompts = read_prompts(config.prompts_file or DEFAULT_PROMPTS)[: config.max_prompts]
         calib = collect(state.model, state.sampler.to_json(), prompts, list(config.seeds), state.cache_dir, state.progress_calibration)
-        state.calibration_key = calib.key
         counts = {}
         with torch.no_grad():
             for name, comp in targets.items():
