@@ -57,6 +57,7 @@ def component_entry(comp, artifact: dict, sha: str, nbytes: int, runtime: str, p
         "runtime": runtime,
         "backend": artifact.get("backend", ""),
         "precision": precision,
+        **({"kernel_libraries": artifact["kernel_libraries"]} if "kernel_libraries" in artifact else {}),
         "inputs": [tensor_spec(n, t) for n, t in zip(comp.input_names, comp.example_inputs)],
         "outputs": [tensor_spec(n, t) for n, t in zip(comp.output_names, outs)],
     }

@@ -2,11 +2,30 @@
 
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from pathlib import Path
 
 import torch
+
+
+@functools.lru_cache(maxsize=1)
+def register_quantized_kernels() -> None:
+    """Register ExecuTorch's quantized kernel library in the Python runtime.
+
+    The pybinding runtime holds portable kernels only; an app links
+    ``quantized_ops_lib`` for ``quantized_decomposed::embedding_byte`` & co.
+    The wheel ships that library, which registers its kernels on load (once
+    per process: loading it twice would register them twice).
+    """
+    import ctypes
+
+    import executorch
+    from executorch.extension.pybindings import portable_lib  # noqa: F401  (the registry it adds to)
+
+    lib = Path(executorch.__path__[0]) / "lib" / "libexecutorch_kernels_quantized.so"
+    ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
 
 
 class ExecuTorchRunner:
@@ -15,6 +34,7 @@ class ExecuTorchRunner:
     def __init__(self, path: Path):
         from executorch.runtime import Runtime
 
+        register_quantized_kernels()
         self.path = Path(path)
         self.program = Runtime.get().load_program(self.path)
         self.method = self.program.load_method("forward")

@@ -24,6 +24,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "annotate_xnnpack_w8a8",
     "calibrate_observers",
     "convert_pt2e",
+    # Weight-only: embeddings are outside XNNPACK, so the PT2E flow leaves them fp32.
+    "quantize_embedding_weights",
     # Normalisations are decomposed after quantization: the quantizer would
     # annotate their add/mul in int8, and their statistics need fp32.
     "decompose_group_norm",
@@ -31,7 +33,7 @@ SHARED_PIPELINE: tuple[str, ...] = (
     # Exact data movement: quantizing it would add rounding and no speed.
     "upsample_as_deconv",
 )
-QUANTIZATION_PASSES = ("annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e")
+QUANTIZATION_PASSES = ("annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
 
 
 @dataclass(frozen=True)

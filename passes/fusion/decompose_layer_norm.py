@@ -1,27 +1,28 @@
-"""Rewrite LayerNorm over the last dimension into ops XNNPACK delegates."""
+"""Rewrite LayerNorm over the last dimension into ops XNNPACK delegates: a mean as a matrix product, arithmetic."""
 
 from __future__ import annotations
-
-import math
 
 import torch
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.decompose_group_norm import affine, normalize_last_two
-from lgc.passes.fusion.graph_utils import NodeRewritePass, arg, shape_of
+from lgc.passes.fusion.decompose_group_norm import affine, normalize
+from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, shape_of
 
 aten = torch.ops.aten
 
 
 @register_pass
 class DecomposeLayerNorm(NodeRewritePass):
-    """Replace ``aten.layer_norm`` over the last dim by mean/sub/mul/rsqrt on a 4-D view.
+    """Replace ``aten.layer_norm`` over the last dim by a matrix-product mean and elementwise ops.
 
     Before: ``layer_norm(x[..., D], [D], w, b, eps)`` (left outside the XNNPACK
             delegate in executorch 1.5.1, splitting every transformer block).
-    After:  ``v = x.reshape(1, rows, D, 1)``; mean and variance over the two
-            innermost dims (keepdim); ``(v - m) * rsqrt(var + eps)`` reshaped
-            back, then ``* w + b``.
+    After:  ``mean(v) = linear(v, ones(1, D) / D)`` (shape [..., 1]);
+            ``d = x - mean(x)``; ``y = d * rsqrt(mean(d*d) + eps) * w + b``.
+            XNNPACK's mean takes 4-D tensors only; an earlier form reshaped
+            ``x`` to (1, rows, D, 1) for it, and the delegate transposed that
+            view in and out of channels-last around every norm. The linear
+            keeps ``x`` in its own layout and costs the same D MACs per row.
     Numerically the same as layer_norm up to fp32 rounding. Runs after
     quantization, so the statistics stay in fp32.
     Precondition: normalisation over the last dimension only, static shapes.
@@ -36,7 +37,12 @@ class DecomposeLayerNorm(NodeRewritePass):
         shape = shape_of(x)
         if shape is None or len(normalized) != 1 or shape[-1] != normalized[0]:
             return None
+        D = shape[-1]
         g = gm.graph
-        v = g.call_function(aten.reshape.default, (x, [1, math.prod(shape[:-1]), shape[-1], 1]))
-        y = g.call_function(aten.reshape.default, (normalize_last_two(g, v, arg(node, 4, "eps", 1e-5)), list(shape)))
-        return affine(g, y, arg(node, 2, "weight"), arg(node, 3, "bias"))
+        average = add_constant(gm, f"lgc_row_average_{D}", torch.full((1, D), 1.0 / D))
+
+        def row_mean(v):
+            return g.call_function(aten.linear.default, (v, average))
+
+        y = normalize(g, x, row_mean, arg(node, 4, "eps", 1e-5))
+        return affine(gm, y, arg(node, 2, "weight"), arg(node, 3, "bias"))

@@ -35,6 +35,42 @@ def arg(node: torch.fx.Node, index: int, name: str, default=None):
     return node.args[index] if len(node.args) > index else node.kwargs.get(name, default)
 
 
+def constant_of(gm: torch.fx.GraphModule, node) -> torch.Tensor | None:
+    """The tensor behind a ``get_attr`` node (a weight or buffer of the graph), else None."""
+    if not isinstance(node, torch.fx.Node) or node.op != "get_attr":
+        return None
+    obj = gm
+    for part in node.target.split("."):
+        obj = getattr(obj, part, None)
+    return obj if isinstance(obj, torch.Tensor) else None
+
+
+def add_constant(gm: torch.fx.GraphModule, name: str, value: torch.Tensor) -> torch.fx.Node:
+    """A ``get_attr`` node for a new constant buffer named ``name`` (reused if it already holds an equal tensor)."""
+    name = name.replace(".", "_")
+    existing = getattr(gm, name, None)
+    if not (isinstance(existing, torch.Tensor) and existing.shape == value.shape and torch.equal(existing, value)):
+        base, i = name, 0
+        while hasattr(gm, name):
+            i += 1
+            name = f"{base}_{i}"
+        gm.register_buffer(name, value)
+    return gm.graph.get_attr(name)
+
+
+def reshaped(gm: torch.fx.GraphModule, node, shape) -> torch.fx.Node:
+    """``node`` reshaped to ``shape``; a constant is reshaped now rather than in the graph.
+
+    Why: a ``view`` left in the graph on a weight costs, once lowered to
+    XNNPACK, a reshape plus two layout transposes around it (the delegate
+    keeps 4-D tensors channels-last), and bytes in the delegate's graph.
+    """
+    value = constant_of(gm, node)
+    if value is not None:
+        return add_constant(gm, f"{node.target}_{'x'.join(map(str, shape))}", value.reshape(shape).clone())
+    return gm.graph.call_function(torch.ops.aten.reshape.default, (node, list(shape)))
+
+
 class NodeRewritePass(Pass):
     """A pass that rewrites each node whose target is in ``op_targets``, component by component.
 

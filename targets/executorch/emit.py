@@ -30,6 +30,19 @@ def delegation_summary(graph_module) -> dict:
     }
 
 
+def kernel_libraries(graph_module) -> list[str]:
+    """ExecuTorch kernel libraries the ops left outside the delegate need at run time.
+
+    The app links them next to the XNNPACK backend; ``quantized`` holds the
+    ``quantized_decomposed`` kernels (weight-only embeddings), everything else is portable.
+    """
+    libs = {"portable"}
+    for node in graph_module.graph.nodes:
+        if node.op == "call_function" and str(getattr(node.target, "namespace", "")) == "quantized_decomposed":
+            libs.add("quantized")
+    return sorted(libs)
+
+
 def emit(component, out_dir: Path) -> dict:
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
@@ -40,6 +53,7 @@ def emit(component, out_dir: Path) -> dict:
     edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
     t_lower = time.perf_counter() - t0 - t_export
     summary = delegation_summary(edge.exported_program().graph_module)
+    libraries = kernel_libraries(edge.exported_program().graph_module)
     prog = edge.to_executorch()
     t_serialize = time.perf_counter() - t0 - t_export - t_lower
     path = Path(out_dir) / f"{component.name}.pte"
@@ -48,6 +62,7 @@ def emit(component, out_dir: Path) -> dict:
         "file": path.name,
         "format": "executorch",
         "backend": "xnnpack",
+        "kernel_libraries": libraries,
         "seconds": {"export": round(t_export, 2), "lower": round(t_lower, 2), "serialize": round(t_serialize, 2)},
         **summary,
     }

@@ -26,7 +26,24 @@ def test_rewrites_group_norm_exactly():
     assert res.changed and res.details["rewritten"] == {"unet": 1}
     assert before["aten.group_norm.default"] == 1 and after["aten.group_norm.default"] == 0
     assert after["aten.mean.dim"] == 2 and after["aten.rsqrt.default"] == 1
+    # Group statistics by a grouped 1x1 conv (2, besides the model's own conv), no reshape of anything:
+    # the affine parameters are stored already shaped (1, C, 1, 1).
+    assert after["aten.conv2d.default"] == 3 and after["aten.reshape.default"] == 0
     assert err < 1e-4
+
+
+def test_two_pass_statistics_survive_a_large_mean():
+    # E[x^2] - E[x]^2 would lose every digit of the variance here; centring first keeps them.
+    x = torch.randn(1, 16, 8, 8) * 0.01 + 1000.0
+    module = torch.nn.GroupNorm(4, 16).eval()
+    res, _, _, err = run_pass(DecomposeGroupNorm, module, x)
+    assert res.changed and err < 1e-2
+
+
+def test_groups_of_one_channel_and_one_group():
+    for groups in (1, 16):
+        res, _, after, err = run_pass(DecomposeGroupNorm, torch.nn.GroupNorm(groups, 16).eval(), torch.randn(2, 16, 4, 4))
+        assert res.changed and err < 1e-4, groups
 
 
 def test_without_affine():
