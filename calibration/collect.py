@@ -38,6 +38,8 @@ def read_prompts(path: Path) -> list[str]:
         raise UsageError(f"calibration prompt file not found: {path}") from None
     except UnicodeDecodeError:
         raise UsageError(f"calibration prompt file is not UTF-8 text: {path}") from None
+    except OSError as e:
+        raise UsageError(f"cannot read calibration prompt file {path}: {e.strerror or e}") from None
     prompts = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
     if not prompts:
         raise UsageError(f"calibration prompt file has no prompts: {path}")

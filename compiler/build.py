@@ -9,7 +9,7 @@ import torch
 
 import lgc.compiler.reference as reference
 from lgc.compiler import manifest as manifest_mod
-from lgc.compiler.bundle import sha256_file, staged_bundle, write_json
+from lgc.compiler.bundle import is_disk_full, sha256_file, staged_bundle, write_json
 from lgc.compiler.errors import BuildError, LgcError, UnsupportedModelError
 from lgc.compiler.golden import pinned_steps
 from lgc.compiler.model_import import ImportedModel, load_pipeline
@@ -96,8 +96,8 @@ def _goldens_for(model: ImportedModel, sampler: dict, golden_dir: Path | None):
 
 
 def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: dict | None = None,
-          cache_dir: Path | None = None, golden_dir: Path | None = None) -> dict:
-    profile = get_profile(target).with_overrides(**(overrides or {}))
+          cache_dir: Path | None = None, golden_dir: Path | None = None, settings: list[str] | None = None) -> dict:
+    profile = get_profile(target).with_overrides(**(overrides or {})).with_pass_options(settings or [])
     # Resolve the whole pipeline before any work: an unknown pass or option fails here.
     planned = resolve_pipeline(profile.pipeline(), profile.options())
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
@@ -119,6 +119,8 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             except LgcError:
                 raise
             except Exception as e:
+                if is_disk_full(e):
+                    raise  # staged_bundle reports it, after removing the partial bundle
                 raise BuildError(f"lowering {name} to {profile.runtime} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
             path = stage / art["file"]
             with torch.no_grad():
@@ -145,6 +147,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             "sampler": {"solver": state.sampler.solver, "steps": state.sampler.num_steps, "guidance_scale": state.sampler.guidance_scale},
             "end_to_end": figures["end_to_end"],
             "per_case_psnr_db": figures["per_case_psnr_db"],
+            "yardstick": figures["yardstick"],
             "components": {},
             "bundle_bytes": sum(e["bytes"] for e in entries.values()),
         }
@@ -155,9 +158,12 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
                 "delegate_subgraphs": a["delegate_subgraphs"], "nondelegated_compute_ops": a["nondelegated_compute_ops"],
                 "nondelegated_ops": a["nondelegated_ops"], "lowering_seconds": a["seconds"],
             }
-        manifest["figures"] = {"end_to_end": report["end_to_end"],
-                               "components": {n: {k: c[k] for k in ("psnr_db_min", "latency_ms_median")} for n, c in report["components"].items()},
-                               "reference": goldens.source}
+        # Quality figures only: they are a function of the artifacts, so the manifest
+        # stays byte-reproducible. Timings change run to run; they live in report.json.
+        quality = ("psnr_db_min", "psnr_db_mean", "ssim_min", "ssim_mean", "cases")
+        manifest["figures"] = {"end_to_end": {k: report["end_to_end"][k] for k in quality},
+                               "components": {n: {"psnr_db_min": c["psnr_db_min"]} for n, c in report["components"].items()},
+                               "reference": goldens.source, "timings": "report.json"}
         manifest_mod.validate(manifest)
         write_json(stage / "manifest.json", manifest)
         write_json(stage / "report.json", report)

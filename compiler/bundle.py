@@ -6,6 +6,7 @@ partial one; a lock file stops two builds writing the same output at once.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import json
@@ -15,6 +16,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from lgc.compiler.errors import BuildError, UsageError
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+def is_disk_full(e: BaseException) -> bool:
+    return isinstance(e, OSError) and e.errno in DISK_FULL
 
 
 def sha256_file(path: Path) -> str:
@@ -57,8 +64,10 @@ def staged_bundle(target: Path):
             target.rename(old)
         stage.rename(target)
         shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(stage, ignore_errors=True)
+        if is_disk_full(e):
+            raise BuildError(f"disk full while writing {target} ({e.strerror}); the previous bundle is untouched") from e
         raise
     finally:
         fcntl.flock(lock, fcntl.LOCK_UN)

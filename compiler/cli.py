@@ -1,4 +1,4 @@
-"""The ``lgc`` command line: build, golden, passes, targets.
+"""The ``lgc`` command line: build, check, golden, passes, targets.
 
 Every failure is one line on stderr (``lgc: error: ...``) and an exit code
 that says what kind of failure it was (see ``lgc.compiler.errors`` and the
@@ -29,8 +29,18 @@ def cmd_build(a) -> int:
 
     ui = UI(quiet=a.quiet)
     overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size}
-    report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden)
+    report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden,
+                   settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else []))
     ui.summary(report)
+    return 0
+
+
+def cmd_check(a) -> int:
+    from lgc.compiler.check import check
+    from lgc.compiler.ui import UI
+
+    check(a.bundle, golden_dir=a.golden, policy_path=a.policy, baseline=a.baseline, junit=a.junit, html=a.html,
+          json_out=a.json, ui=UI(quiet=a.quiet))
     return 0
 
 
@@ -106,8 +116,25 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--image-size", type=int, default=None, help="square image size in pixels (default: the model's)")
     b.add_argument("--golden", type=Path, default=None, help="golden folder to check against (default: found by model hash)")
     b.add_argument("--cache-dir", type=Path, default=None, help="calibration cache (default: OUT/.cache)")
+    b.add_argument("--calibration-prompts", default=None, metavar="FILE",
+                   help="calibration prompts, one a line (default: lgc's bundled set)")
+    b.add_argument("--set", action="append", default=[], metavar="PASS.OPTION=VALUE",
+                   help="set a pass option (VALUE in JSON), e.g. --set annotate_xnnpack_w8a8.per_channel=false; repeatable")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(fn=cmd_build)
+
+    c = sub.add_parser("check", help="run a built bundle against the goldens and a tolerance policy (CI gate)",
+                       description="Exit 0: every check holds; 1: a check failed (each one named); 2: bad input "
+                                   "(missing bundle, altered file, bad policy or baseline).")
+    c.add_argument("bundle", type=Path, help="bundle folder, e.g. build/android-int8")
+    c.add_argument("--golden", type=Path, default=None, help="golden folder (default: found by the model hash in the manifest)")
+    c.add_argument("--policy", type=Path, default=None, help="tolerance policy TOML (default: lgc's, runtime_harness/policy.default.toml)")
+    c.add_argument("--baseline", type=Path, default=None, help="an earlier report.json or check JSON to compare with")
+    c.add_argument("--junit", type=Path, default=None, help="write JUnit XML here (one test case per check)")
+    c.add_argument("--html", type=Path, default=None, help="write a self-contained HTML report here")
+    c.add_argument("--json", type=Path, default=None, help="write the figures and checks as JSON here")
+    c.add_argument("--quiet", action="store_true")
+    c.set_defaults(fn=cmd_check)
 
     g = sub.add_parser("golden", help="regenerate fp16 golden outputs of a model (default: the reference models)")
     g.add_argument("--model", type=Path, default=None)

@@ -10,7 +10,10 @@ from rich.table import Table
 
 class UI:
     def __init__(self, quiet: bool = False):
-        self.console = Console(stderr=True, quiet=quiet)
+        import sys
+
+        # Piped output (CI logs) gets room for whole cells instead of "text_enc…".
+        self.console = Console(stderr=True, quiet=quiet, width=None if sys.stderr.isatty() else 140)
         self.t0 = time.perf_counter()
         self._bar = None
 
@@ -48,3 +51,15 @@ class UI:
                   f"{e['psnr_db_min']:.1f}", "", "", style="bold")
         self.console.print(t)
         self.console.print(f"end-to-end SSIM min {e['ssim_min']:.4f}, PSNR mean {e['psnr_db_mean']:.2f} dB against {report['reference']}")
+
+    def checks(self, checks) -> None:
+        t = Table(title="lgc check", title_justify="left")
+        for col in ("check", "value", "limit", "result"):
+            t.add_column(col, justify="left" if col in ("check", "result") else "right")
+        for c in checks:
+            t.add_row(c.name, f"{c.value:.4g}" if abs(c.value) < 1e4 else f"{c.value:,.0f}",
+                      ("≥ " if c.kind == "min" else "≤ ") + (f"{c.limit:.4g}" if abs(c.limit) < 1e4 else f"{c.limit:,.0f}"),
+                      "[green]ok[/green]" if c.passed else "[bold red]FAILED[/bold red]")
+        self.console.print(t)
+        failed = sum(not c.passed for c in checks)
+        self.console.print(f"{len(checks) - failed}/{len(checks)} checks hold" + (f", [bold red]{failed} failed[/bold red]" if failed else ""))

@@ -18,6 +18,7 @@ from lgc.runtime_harness.golden import GoldenCase, GoldenSet
 from lgc.runtime_harness.loop import generate, tokenize
 from lgc.runtime_harness.metrics import psnr_db, ssim
 from lgc.runtime_harness.runners import EagerRunner, median_latency_ms, open_runner
+from lgc.runtime_harness.yardstick import YARDSTICK_VERSION, yardstick_ms
 
 
 def load_tokenizer(folder: Path):
@@ -51,8 +52,16 @@ def _component_checks(name: str, fn, manifest: dict, goldens: GoldenSet, ids: di
     return scores, example
 
 
-def evaluate(fns: dict, manifest: dict, tokenizer, goldens: GoldenSet, repeats: int = 5, progress=None) -> dict:
-    """Figures for one set of component callables (artifacts or eager modules) against ``goldens``."""
+def evaluate(fns: dict, manifest: dict, tokenizer, goldens: GoldenSet, repeats: int = 5, progress=None,
+             keep_images: bool = False) -> dict:
+    """Figures for one set of component callables (artifacts or eager modules) against ``goldens``.
+
+    Every latency also comes as ``latency_ratio``: its ratio to the yardstick
+    workload timed in the same run, the figure that compares across machines.
+    With ``keep_images``, the result also holds each case's image and the
+    golden one (numpy HWC in [0, 1]) under ``images``, for the HTML report.
+    """
+    stick = yardstick_ms()
     L = manifest["tokenizer"]["max_length"]
     cfg_batch = manifest["guidance"]["mode"] == "cfg_batch"
     tcond = _timestep_cond(manifest)
@@ -63,12 +72,15 @@ def evaluate(fns: dict, manifest: dict, tokenizer, goldens: GoldenSet, repeats: 
         if progress:
             progress(f"checking {name}")
         scores, example = _component_checks(name, fn, manifest, goldens, ids, tcond)
+        ms = median_latency_ms(fn, example, repeats=repeats) if example else None
         components[name] = {
             "psnr_db_min": round(min(scores), 2) if scores else None,
             "psnr_db_mean": round(statistics.fmean(scores), 2) if scores else None,
-            "latency_ms_median": round(median_latency_ms(fn, example, repeats=repeats), 3) if example else None,
+            "latency_ms_median": round(ms, 3) if ms is not None else None,
+            "latency_ratio": round(ms / stick, 4) if ms is not None else None,
         }
     e2e = {"psnr": [], "ssim": [], "ms": []}
+    images = []
     for k, case in enumerate(goldens.cases):
         if progress:
             progress(f"end to end {k + 1}/{len(goldens.cases)}")
@@ -79,23 +91,35 @@ def evaluate(fns: dict, manifest: dict, tokenizer, goldens: GoldenSet, repeats: 
         ref = case.image.unsqueeze(0) if case.image.dim() == 3 else case.image
         e2e["psnr"].append(psnr_db(res.image, ref, data_range=1.0))
         e2e["ssim"].append(ssim(res.image, ref))
+        if keep_images:
+            images.append({"prompt": case.prompt, "seed": case.seed, "psnr_db": e2e["psnr"][-1],
+                           "artifact": _hwc(res.image), "golden": _hwc(ref)})
     end_to_end = {
         "psnr_db_min": round(min(e2e["psnr"]), 2),
         "psnr_db_mean": round(statistics.fmean(e2e["psnr"]), 2),
         "ssim_min": round(min(e2e["ssim"]), 4),
         "ssim_mean": round(statistics.fmean(e2e["ssim"]), 4),
         "latency_ms_median": round(statistics.median(e2e["ms"]), 1),
+        "latency_ratio": round(statistics.median(e2e["ms"]) / stick, 3),
         "cases": len(goldens.cases),
     }
-    return {"end_to_end": end_to_end, "components": components, "per_case_psnr_db": [round(p, 2) for p in e2e["psnr"]]}
+    out = {"end_to_end": end_to_end, "components": components, "per_case_psnr_db": [round(p, 2) for p in e2e["psnr"]],
+           "yardstick": {"version": YARDSTICK_VERSION, "latency_ms_median": round(stick, 3)}}
+    if keep_images:
+        out["images"] = images
+    return out
 
 
-def run_bundle(bundle: Path, manifest: dict, goldens: GoldenSet, repeats: int = 5, progress=None) -> dict:
+def _hwc(image: torch.Tensor):
+    return image.reshape(image.shape[-3:]).permute(1, 2, 0).clamp(0, 1).numpy()
+
+
+def run_bundle(bundle: Path, manifest: dict, goldens: GoldenSet, repeats: int = 5, progress=None, keep_images: bool = False) -> dict:
     """Load every artifact of ``bundle`` in its runtime and evaluate it."""
     bundle = Path(bundle)
     fns = {name: open_runner(c["runtime"], bundle / c["file"]) for name, c in manifest["components"].items()}
     tokenizer = load_tokenizer(bundle / manifest["tokenizer"]["folder"])
-    return evaluate(fns, manifest, tokenizer, goldens, repeats=repeats, progress=progress)
+    return evaluate(fns, manifest, tokenizer, goldens, repeats=repeats, progress=progress, keep_images=keep_images)
 
 
 @torch.no_grad()

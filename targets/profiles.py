@@ -18,6 +18,7 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "lower_sampler",
     # Rewrites that change which ops exist come before quantization, so the
     # quantizer annotates the rewritten patterns.
+    "fold_constants",  # first of them: the causal mask becomes a constant unmask_attention can take
     "unmask_attention",
     "split_geglu_chunk",
     # PT2E keeps its three steps apart: annotate, observe, convert.
@@ -58,6 +59,25 @@ class Profile:
         opts = {k: dict(v) for k, v in self.pass_options.items() if k in self.pipeline()}
         opts.setdefault("lower_sampler", {}).update(solver=self.solver, steps=self.steps, guidance_scale=self.guidance_scale)
         return opts
+
+    def with_pass_options(self, settings: list[str]) -> "Profile":
+        """Apply ``PASS.OPTION=VALUE`` settings (``lgc build --set``); VALUE is JSON, or a bare string."""
+        import json
+
+        merged = {k: dict(v) for k, v in self.pass_options.items()}
+        for s in settings:
+            key, eq, raw = s.partition("=")
+            pass_name, dot, option = key.strip().partition(".")
+            if not eq or not dot or not pass_name or not option:
+                raise UsageError(f"--set expects PASS.OPTION=VALUE, got {s!r}")
+            if pass_name not in self.pipeline():
+                raise UsageError(f"--set {key}: pass '{pass_name}' is not in {self.name}'s pipeline ({', '.join(self.pipeline())})")
+            try:
+                value = json.loads(raw)
+            except json.JSONDecodeError:
+                value = raw
+            merged.setdefault(pass_name, {})[option] = tuple(value) if isinstance(value, list) else value
+        return dataclasses.replace(self, pass_options=merged)
 
     def with_overrides(self, **kw) -> "Profile":
         kw = {k: v for k, v in kw.items() if v is not None}

@@ -55,6 +55,10 @@ class CalibrateObservers(Pass):
         def __post_init__(self):
             if self.max_prompts < 1 or not self.seeds or self.unet_samples_per_timestep < 0:
                 raise ValueError("calibration needs at least one prompt and one seed")
+            if self.prompts_file:  # read now, when the pipeline is resolved: a bad file fails before any work
+                from lgc.calibration.collect import read_prompts
+
+                read_prompts(self.prompts_file)
 
     def run(self, state, config: Config) -> PassResult:
         from lgc.calibration.collect import DEFAULT_PROMPTS, collect, read_prompts

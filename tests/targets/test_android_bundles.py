@@ -32,6 +32,9 @@ def test_bundle_layout_manifest_and_hashes(bundles, target):
 def test_each_pte_runs_in_the_executorch_runtime(bundles, target):
     from executorch.runtime import Runtime
 
+    from lgc.runtime_harness.runners import register_quantized_kernels
+
+    register_quantized_kernels()  # as an app links quantized_ops_lib when the manifest lists it
     folder, _ = bundles[target]
     man = manifest_mod.load(folder)
     for name, c in man["components"].items():
@@ -62,14 +65,14 @@ def test_report_has_the_promised_fields(bundles, target):
 
 
 # The spine issue's bars: 25 dB / 0.90 end to end, int8 <= 0.30x fp32 bytes.
-# Measured on the reference model (README, "Measured figures"): 28.1 dB /
-# 0.9016 and 0.336x. PSNR is held at the bar; SSIM 0.01 under it, because
-# XNNPACK picks different kernels on other x86 CPUs and 0.9016 leaves no room
-# for their rounding; the size guard sits just above what is reached today
-# (reaching 0.30x is open work: see the issue notes).
+# Measured on the reference model (README, "Measured figures"): 27.6 dB /
+# 0.938 and 0.315x. PSNR is held at the bar; SSIM 0.01 under it, because
+# XNNPACK picks different kernels on other x86 CPUs; the size guard sits
+# just above what is reached today (the rest of the gap to 0.30x is graph
+# description and per-channel scales, not weights: see the issue notes).
 INT8_E2E_PSNR_MIN_DB = 25.0
 INT8_E2E_SSIM_MIN = 0.89
-INT8_TO_FP32_BYTES_MAX = 0.35
+INT8_TO_FP32_BYTES_MAX = 0.325
 
 
 def test_int8_quality_against_fp16_goldens(bundles):
@@ -95,11 +98,25 @@ def test_int8_bundle_is_much_smaller_than_fp32(bundles):
     assert int8 <= INT8_TO_FP32_BYTES_MAX * fp32, (int8, fp32, int8 / fp32)
 
 
-def test_fusion_keeps_unet_nearly_whole(bundles):
-    """GroupNorm/LayerNorm/attention/upsampling rewrites: was 76 delegates and 201 ops outside."""
+def test_fusion_keeps_components_nearly_whole(bundles):
+    """Norm/attention/upsampling rewrites and constant folding: the U-Net was 76 delegates and 201 ops outside.
+
+    What is left outside: the U-Net's timestep sinusoid (cat, expand), the text
+    encoder's token lookup (XNNPACK has no gather) and the reshape of its ids,
+    and layout copies at the inputs and outputs.
+    """
     for target in ("android-int8", "android-fp32"):
-        unet = bundles[target][1]["components"]["unet"]
-        assert unet["delegate_subgraphs"] <= 3 and unet["nondelegated_compute_ops"] <= 6, (target, unet)
+        comps = bundles[target][1]["components"]
+        unet, text = comps["unet"], comps["text_encoder"]
+        assert unet["delegate_subgraphs"] <= 2 and unet["nondelegated_compute_ops"] <= 3, (target, unet)
+        assert text["delegate_subgraphs"] == 1 and text["nondelegated_compute_ops"] <= 2, (target, text)
+        assert comps["vae_decoder"]["delegate_subgraphs"] == 1, (target, comps["vae_decoder"])
+
+
+def test_int8_text_encoder_declares_the_quantized_kernels_it_needs(bundles):
+    man = manifest_mod.load(bundles["android-int8"][0])
+    assert man["components"]["text_encoder"]["kernel_libraries"] == ["portable", "quantized"]
+    assert man["components"]["unet"]["kernel_libraries"] == ["portable"]
 
 
 def test_tampered_bundle_is_rejected(bundles, tmp_path):
