@@ -12,6 +12,10 @@ class LgcError(Exception):
 
     exit_code = 5
 
+    def __init__(self, message: str = ""):
+        # One line, whatever a user put into a name or value the message quotes.
+        super().__init__(str(message).replace("\r", "\\r").replace("\n", "\\n"))
+
 
 class QualityGateError(LgcError):
     """A quality, size or latency check failed (``lgc check``)."""

@@ -127,6 +127,10 @@ def _load(cls, folder: Path, part: str):
         raise
     except Exception as e:  # diffusers/transformers raise many kinds; all mean the files are broken
         msg = " ".join(str(e).split())
+        # diffusers appends advice about ignore_mismatched_sizes that does not apply to a compiler.
+        msg = msg.split(" If you want to instead overwrite")[0]
+        if "expected shape" in msg:
+            msg = "weights do not match the config: " + msg.removeprefix("Cannot load because ")
         if len(msg) > 300:
             msg = msg[:300] + "..."
         raise ModelInputError(f"{part}: cannot load weights from {folder / part}: {type(e).__name__}: {msg}") from None

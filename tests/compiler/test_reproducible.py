@@ -1,0 +1,27 @@
+"""Two builds of the same inputs give the same bytes: artifacts, manifest, tokenizer (timings aside)."""
+
+from __future__ import annotations
+
+from lgc.compiler.bundle import sha256_file
+
+# Files that record how long things took; everything else must be byte-identical.
+TIMING_FILES = {"report.json", "passes.json"}
+
+
+def _digests(folder):
+    return {str(p.relative_to(folder)): sha256_file(p) for p in sorted(folder.rglob("*")) if p.is_file() and p.name not in TIMING_FILES}
+
+
+def test_same_inputs_same_bytes(tmp_path, tiny_pipeline):
+    from lgc.compiler.build import build
+    from lgc.compiler.ui import UI
+
+    model = tiny_pipeline("sd1")
+    # Separate output roots, so the second build also calibrates from scratch (no shared cache).
+    a = build(model, "android-int8", tmp_path / "a", UI(quiet=True))
+    b = build(model, "android-int8", tmp_path / "b", UI(quiet=True))
+    da, db = _digests(tmp_path / "a" / "android-int8"), _digests(tmp_path / "b" / "android-int8")
+    assert {"manifest.json", "unet.pte", "text_encoder.pte", "vae_decoder.pte"} <= set(da)
+    assert da == db
+    # And the harness measured the same images from them.
+    assert a["end_to_end"]["psnr_db_min"] == b["end_to_end"]["psnr_db_min"]
