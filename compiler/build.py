@@ -31,6 +31,7 @@ class BuildState:
     sampler: SamplerPlan | None = None
     cache_dir: Path | None = None
     progress_calibration: object = None
+    progress_search: object = None
 
 
 def model_name(path: Path) -> str:
@@ -108,7 +109,8 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
         model = load_pipeline(model_path, profile.components, profile.image_size)
         ui.step(f"exporting {', '.join(model.components)} at image size {model.info['image_size']}")
         export_components(model)
-        state = BuildState(profile, model, cache_dir=cache_dir, progress_calibration=ui.counter("calibration"))
+        state = BuildState(profile, model, cache_dir=cache_dir, progress_calibration=ui.counter("calibration"),
+                           progress_search=ui.counter("timestep search"))
         pass_reports = PassManager(planned, progress=ui.step).run(state)
         emitter = EMITTERS[profile.runtime]
         entries, artifacts = {}, {}

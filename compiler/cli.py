@@ -28,7 +28,7 @@ def cmd_build(a) -> int:
     from lgc.compiler.ui import UI
 
     ui = UI(quiet=a.quiet)
-    overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size}
+    overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size, "schedule": a.schedule}
     report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden,
                    settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else []))
     ui.summary(report)
@@ -51,12 +51,15 @@ def cmd_golden(a) -> int:
     from lgc.runtime_harness.golden import GOLDEN_ROOT
 
     ui = UI(quiet=a.quiet)
-    models = [Path(a.model)] if a.model else [DEFAULT_MODEL, DEFAULT_MODEL.parent / "teacher"]
-    for m in models:
-        name = a.name or f"reference-{m.name}"
+    if a.model:
+        sets = [(Path(a.model), a.name or f"{Path(a.model).name}", a.steps)]
+    else:  # the reference models' goldens, and the student's 50-step reference for quality vs steps
+        sets = [(DEFAULT_MODEL, "reference-student", a.steps), (DEFAULT_MODEL.parent / "teacher", "reference-teacher", a.steps),
+                (DEFAULT_MODEL, "reference-student-50", 50)]
+    for m, name, steps in sets:
         out = Path(a.out) / name if a.out else GOLDEN_ROOT / name
-        ui.step(f"goldens of {m} -> {out}")
-        generate_goldens(m, out, name, steps=a.steps, progress=ui.counter(f"golden {name}"))
+        ui.step(f"goldens of {m} ({steps} steps) -> {out}")
+        generate_goldens(m, out, name, steps=steps, progress=ui.counter(f"golden {name}"))
     return 0
 
 
@@ -111,7 +114,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", type=Path, default=None, help="diffusers pipeline folder (default: lgc's reference model)")
     b.add_argument("--out", type=Path, default=Path("build"), help="output root; the bundle goes to OUT/<target>")
     b.add_argument("--steps", type=int, default=None, help="sampler steps (default: the profile's)")
-    b.add_argument("--solver", default=None, help="sampler: ddim, dpmpp_2m, euler (default: the profile's)")
+    b.add_argument("--solver", default=None, help="sampler: ddim, dpmpp_2m, euler, lcm (default: lcm for LCM models, else dpmpp_2m)")
+    b.add_argument("--schedule", default=None, choices=("default", "optimized"),
+                   help="timesteps: the scheduler's default ones, or searched to match a 50-step reference (cached)")
     b.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     b.add_argument("--image-size", type=int, default=None, help="square image size in pixels (default: the model's)")
     b.add_argument("--golden", type=Path, default=None, help="golden folder to check against (default: found by model hash)")

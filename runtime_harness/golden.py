@@ -45,15 +45,23 @@ def read_golden_dir(folder: Path) -> GoldenSet:
     return GoldenSet(man["name"], f"golden_outputs/{folder.name}", man, cases)
 
 
-def find_goldens(model_sha: str, root: Path = GOLDEN_ROOT) -> Path | None:
-    """The golden folder recorded for exactly this model (by sha256 of its files), if any."""
+def find_goldens(model_sha: str, root: Path = GOLDEN_ROOT, steps: int | None = None) -> Path | None:
+    """The golden folder recorded for exactly this model (by sha256 of its files), if any.
+
+    A model can have several (the stock 20-step pipeline, a 50-step
+    reference): ``steps`` picks one; without it the stock-step set wins.
+    """
+    from lgc.compiler.golden import GOLDEN_STEPS
+
+    found = []
     for man in sorted(Path(root).glob("*/manifest.json")):
         try:
-            if json.loads(man.read_text())["model"]["sha256"] == model_sha:
-                return man.parent
-        except (KeyError, json.JSONDecodeError):
+            data = json.loads(man.read_text())
+            if data["model"]["sha256"] == model_sha and (steps is None or data.get("steps") == steps):
+                found.append((data.get("steps") != GOLDEN_STEPS, man.parent.name, man.parent))
+        except (KeyError, TypeError, json.JSONDecodeError):
             continue
-    return None
+    return min(found)[2] if found else None
 
 
 def stale_goldens(root: Path, models: dict[str, Path]) -> list[str]:

@@ -45,14 +45,20 @@ def generate(
     timestep_cond: torch.Tensor | None = None,
     record_steps: tuple[int, ...] = (),
     on_unet: Callable | None = None,
+    noise_seed: int = 0,
 ) -> LoopResult:
-    """Run the manifest's sampler: x_{i+1} = sum a_k x_{i-k} + sum b_k eps_{i-k}."""
+    """Run the manifest's sampler: x_{i+1} = sum a_k x_{i-k} + sum b_k eps_{i-k} (+ noise_coef[i] z_i).
+
+    The z_i (LCM only) are drawn in step order from a generator seeded with ``noise_seed``.
+    """
     cond = text_encoder(ids_cond)
     embeds = torch.cat([text_encoder(ids_uncond), cond]) if cfg_batch else cond
     x_hist: list[torch.Tensor] = [noise * sampler["init_noise_sigma"]]
     eps_hist: list[torch.Tensor] = []
     unet_io = {}
     keep = max(len(c) for c in sampler["x_coef"] + sampler["eps_coef"])
+    noise_coef = sampler.get("noise_coef") or [0.0] * len(sampler["timesteps"])
+    gen = torch.Generator().manual_seed(noise_seed)
     for i, t in enumerate(sampler["timesteps"]):
         x = x_hist[0] * sampler["input_scale"][i]
         inp = (torch.cat([x, x]) if cfg_batch else x, torch.tensor([float(t)]), embeds)
@@ -66,6 +72,8 @@ def generate(
         eps_hist.insert(0, guided(out, sampler["guidance_scale"], cfg_batch))
         a, b = sampler["x_coef"][i], sampler["eps_coef"][i]
         nxt = sum(c * xk for c, xk in zip(a, x_hist)) + sum(c * ek for c, ek in zip(b, eps_hist))
+        if noise_coef[i]:
+            nxt = nxt + noise_coef[i] * torch.randn(noise.shape, generator=gen, dtype=noise.dtype)
         x_hist.insert(0, nxt)
         del x_hist[keep:], eps_hist[keep:]
     latents = x_hist[0]

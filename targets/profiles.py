@@ -16,6 +16,8 @@ from lgc.compiler.errors import UsageError
 SHARED_PIPELINE: tuple[str, ...] = (
     # First: calibration samples exactly the timesteps the shipped sampler visits.
     "lower_sampler",
+    # Searched timesteps replace the default ones before anything samples them.
+    "optimize_timesteps",
     # Rewrites that change which ops exist come before quantization, so the
     # quantizer annotates the rewritten patterns.
     "fold_constants",  # first of them: the causal mask becomes a constant unmask_attention can take
@@ -44,8 +46,9 @@ class Profile:
     runtime: str  # key of the emitter in lgc.targets.EMITTERS
     precision: str  # what the weights and activations are computed in
     components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
-    solver: str = "dpmpp_2m"
+    solver: str = "auto"  # "auto": lcm for consistency-distilled models (LCMScheduler), else dpmpp_2m
     steps: int = 20
+    schedule: str = "default"  # "default": the scheduler's timesteps; "optimized": searched (optimize_timesteps)
     guidance_scale: float = 5.0
     image_size: int | None = None  # None: the model's own (U-Net sample_size x VAE factor)
     disabled_passes: tuple[str, ...] = ()
@@ -58,6 +61,8 @@ class Profile:
         """Per-pass options, with the sampler settings handed to ``lower_sampler``."""
         opts = {k: dict(v) for k, v in self.pass_options.items() if k in self.pipeline()}
         opts.setdefault("lower_sampler", {}).update(solver=self.solver, steps=self.steps, guidance_scale=self.guidance_scale)
+        if "optimize_timesteps" in self.pipeline():
+            opts.setdefault("optimize_timesteps", {})["schedule"] = self.schedule
         return opts
 
     def with_pass_options(self, settings: list[str]) -> "Profile":
@@ -70,6 +75,10 @@ class Profile:
             pass_name, dot, option = key.strip().partition(".")
             if not eq or not dot or not pass_name or not option:
                 raise UsageError(f"--set expects PASS.OPTION=VALUE, got {s!r}")
+            if (pass_name, option) in (("lower_sampler", "solver"), ("lower_sampler", "steps"),
+                                       ("lower_sampler", "guidance_scale"), ("optimize_timesteps", "schedule")):
+                flag = {"guidance_scale": "--guidance"}.get(option, f"--{option}")
+                raise UsageError(f"--set {key}: the sampler is set with {flag}, not --set")
             if pass_name not in self.pipeline():
                 raise UsageError(f"--set {key}: pass '{pass_name}' is not in {self.name}'s pipeline ({', '.join(self.pipeline())})")
             try:
@@ -83,6 +92,8 @@ class Profile:
         kw = {k: v for k, v in kw.items() if v is not None}
         if "steps" in kw and kw["steps"] < 1:
             raise UsageError(f"--steps must be at least 1, got {kw['steps']}")
+        if "schedule" in kw and kw["schedule"] not in ("default", "optimized"):
+            raise UsageError(f"--schedule must be 'default' or 'optimized', got {kw['schedule']!r}")
         if "image_size" in kw and kw["image_size"] < 8:
             raise UsageError(f"--image-size must be at least 8, got {kw['image_size']}")
         return dataclasses.replace(self, **kw)

@@ -32,7 +32,8 @@ def test_stock_pipeline_loads_offline_and_generates(reference_dir, name):
 
 
 def test_goldens_are_not_stale(reference_dir):
-    assert stale_goldens(GOLDEN_ROOT, {f"reference-{m}": reference_dir / m for m in MODELS}) == []
+    models = {f"reference-{m}": reference_dir / m for m in MODELS} | {"reference-student-50": reference_dir / "student"}
+    assert stale_goldens(GOLDEN_ROOT, models) == []
 
 
 def test_stale_goldens_are_detected(reference_dir, tmp_path):
@@ -43,8 +44,10 @@ def test_stale_goldens_are_detected(reference_dir, tmp_path):
     cfg = model / "scheduler" / "scheduler_config.json"
     cfg.write_text(json.dumps({**json.loads(cfg.read_text()), "beta_end": 0.02}))
     assert folder_sha256(model) != folder_sha256(reference_dir / "student")
-    stale = stale_goldens(GOLDEN_ROOT, {"reference-student": model, "reference-teacher": reference_dir / "teacher"})
-    assert len(stale) == 1 and stale[0].startswith("reference-student: model files changed")
+    stale = stale_goldens(GOLDEN_ROOT, {"reference-student": model, "reference-student-50": model,
+                                        "reference-teacher": reference_dir / "teacher"})
+    assert len(stale) == 2 and all(": model files changed" in s for s in stale)
+    assert stale[0].startswith("reference-student") and stale[1].startswith("reference-student-50")
 
 
 def test_regenerated_golden_matches_committed(reference_dir, tmp_path):

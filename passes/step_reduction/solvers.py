@@ -5,12 +5,15 @@ lgc's harness) implements one loop for all of them:
 
     x_0     = noise * init_noise_sigma
     eps_i   = guided U-Net output at (x_i * input_scale[i], timesteps[i])
-    x_{i+1} = sum_k x_coef[i][k] * x_{i-k} + sum_k eps_coef[i][k] * eps_{i-k}
+    x_{i+1} = sum_k x_coef[i][k] * x_{i-k} + sum_k eps_coef[i][k] * eps_{i-k} + noise_coef[i] * z_i
 
-(k = 0 is the current step, k = 1 the one before, ...). The coefficients are
-derived here from the noise schedule with the solvers' published formulas;
-the diffusers schedulers are used only to pick the same timesteps, and the
-tests replay these constants against diffusers' own ``step``.
+(k = 0 is the current step, k = 1 the one before, ...; z_i is fresh standard
+normal noise, used only by LCM's multistep sampling, zero for the ODE
+solvers). The coefficients are derived here from the noise schedule with the
+solvers' published formulas; the diffusers schedulers are used only to pick
+the same default timesteps, and the tests replay these constants against
+diffusers' own ``step``. Every solver also accepts explicit timesteps (the
+optimised schedules of ``optimize_timesteps``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ class SamplerPlan:
     eps_coef: list[list[float]]
     guidance_scale: float
     prediction_type: str = "epsilon"
+    noise_coef: list[float] | None = None  # per step, for z_i ~ N(0, I); None: no noise (ODE solvers)
+    schedule: str = "default"  # "default": the diffusers scheduler's timesteps; "optimized": searched by lgc
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -58,12 +63,19 @@ def _timesteps(scheduler_cls, cfg: dict, steps: int) -> np.ndarray:
     return sched.timesteps.numpy().astype(np.float64)
 
 
-def ddim(cfg: dict, steps: int, guidance_scale: float) -> SamplerPlan:
+def _given(timesteps, steps: int) -> np.ndarray:
+    ts = np.asarray(timesteps, dtype=np.float64)
+    if len(ts) != steps or np.any(np.diff(ts) >= 0) or ts.min() < 0:
+        raise ValueError(f"timesteps must be {steps} distinct values, decreasing and non-negative, got {list(timesteps)}")
+    return ts
+
+
+def ddim(cfg: dict, steps: int, guidance_scale: float, timesteps=None) -> SamplerPlan:
     """DDIM, eta = 0: x_prev = a_prev * x0_pred + s_prev * eps."""
     from diffusers import DDIMScheduler
 
     ac = _alphas_cumprod(cfg)
-    ts = _timesteps(DDIMScheduler, cfg, steps)
+    ts = _timesteps(DDIMScheduler, cfg, steps) if timesteps is None else _given(timesteps, steps)
     final = 1.0 if cfg.get("set_alpha_to_one", True) else ac[0]
     x_coef, eps_coef = [], []
     for i, t in enumerate(ts):
@@ -76,7 +88,7 @@ def ddim(cfg: dict, steps: int, guidance_scale: float) -> SamplerPlan:
     return SamplerPlan("ddim", steps, ts.tolist(), [1.0] * steps, 1.0, x_coef, eps_coef, guidance_scale)
 
 
-def euler(cfg: dict, steps: int, guidance_scale: float) -> SamplerPlan:
+def euler(cfg: dict, steps: int, guidance_scale: float, timesteps=None) -> SamplerPlan:
     """Euler (Karras et al. 2022, Alg. 2 without churn) in sigma space."""
     from diffusers import EulerDiscreteScheduler
 
@@ -84,7 +96,7 @@ def euler(cfg: dict, steps: int, guidance_scale: float) -> SamplerPlan:
     sched_cfg = {k: v for k, v in cfg.items() if not k.startswith("_")}
     sched = EulerDiscreteScheduler.from_config(sched_cfg)
     sched.set_timesteps(steps)
-    ts = sched.timesteps.numpy().astype(np.float64)
+    ts = sched.timesteps.numpy().astype(np.float64) if timesteps is None else _given(timesteps, steps)
     # Sigmas at (possibly fractional) timesteps, interpolated as diffusers does.
     all_sigmas = np.sqrt((1 - ac) / ac)
     sig = list(np.interp(ts, np.arange(len(all_sigmas)), all_sigmas)) + [0.0]
@@ -98,12 +110,12 @@ def euler(cfg: dict, steps: int, guidance_scale: float) -> SamplerPlan:
     return SamplerPlan("euler", steps, ts.tolist(), scale, init, x_coef, eps_coef, guidance_scale)
 
 
-def dpmpp_2m(cfg: dict, steps: int, guidance_scale: float) -> SamplerPlan:
+def dpmpp_2m(cfg: dict, steps: int, guidance_scale: float, timesteps=None) -> SamplerPlan:
     """DPM-Solver++(2M) (Lu et al. 2022), data prediction, midpoint, final step first order to sigma 0."""
     from diffusers import DPMSolverMultistepScheduler
 
     ac = _alphas_cumprod(cfg)
-    ts = _timesteps(DPMSolverMultistepScheduler, cfg, steps)
+    ts = _timesteps(DPMSolverMultistepScheduler, cfg, steps) if timesteps is None else _given(timesteps, steps)
     alpha = [math.sqrt(ac[int(t)]) for t in ts] + [1.0]
     sigma = [math.sqrt(1 - ac[int(t)]) for t in ts] + [0.0]
     x_coef, eps_coef = [], []
@@ -134,4 +146,34 @@ def dpmpp_2m(cfg: dict, steps: int, guidance_scale: float) -> SamplerPlan:
     return SamplerPlan("dpmpp_2m", steps, ts.tolist(), [1.0] * steps, 1.0, x_coef, eps_coef, guidance_scale)
 
 
-SOLVERS = {"ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler}
+def lcm(cfg: dict, steps: int, guidance_scale: float, timesteps=None) -> SamplerPlan:
+    """LCM multistep sampling (Luo et al. 2023) for consistency-distilled U-Nets.
+
+    Each step predicts x0 = (x - s_t eps) / a_t, applies the consistency
+    boundary condition denoised = c_out x0 + c_skip x, then (except on the last
+    step) re-noises to the next timestep: x' = a_prev denoised + s_prev z.
+    Guidance is the U-Net's own (a guidance-embedding input), not CFG.
+    """
+    from diffusers import LCMScheduler
+
+    ac = _alphas_cumprod(cfg)
+    ts = _timesteps(LCMScheduler, cfg, steps) if timesteps is None else _given(timesteps, steps)
+    sigma_data, scaling = 0.5, float(cfg.get("timestep_scaling", 10.0))
+    x_coef, eps_coef, noise_coef = [], [], []
+    for i, t in enumerate(ts):
+        a_t, s_t = math.sqrt(ac[int(t)]), math.sqrt(1 - ac[int(t)])
+        c_skip = sigma_data**2 / ((t * scaling) ** 2 + sigma_data**2)
+        c_out = (t * scaling) / math.sqrt((t * scaling) ** 2 + sigma_data**2)
+        # denoised = (c_out / a_t + c_skip) x - (c_out s_t / a_t) eps
+        dx, de = c_out / a_t + c_skip, -c_out * s_t / a_t
+        if i + 1 < len(ts):
+            a_p, s_p = math.sqrt(ac[int(ts[i + 1])]), math.sqrt(1 - ac[int(ts[i + 1])])
+        else:
+            a_p, s_p = 1.0, 0.0  # the last step returns the denoised sample itself
+        x_coef.append([a_p * dx])
+        eps_coef.append([a_p * de])
+        noise_coef.append(s_p)
+    return SamplerPlan("lcm", steps, ts.tolist(), [1.0] * steps, 1.0, x_coef, eps_coef, guidance_scale, noise_coef=noise_coef)
+
+
+SOLVERS = {"ddim": ddim, "dpmpp_2m": dpmpp_2m, "euler": euler, "lcm": lcm}
