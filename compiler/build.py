@@ -19,6 +19,7 @@ from lgc.targets import EMITTERS, RUNNERS
 from lgc.targets.profiles import Profile, get_profile
 
 LGC_VERSION = "0.1.0"
+REFERENCE_STEPS = 50  # the many-step reference the quality-vs-steps table is measured against
 DEFAULT_MODEL = Path(reference.__file__).resolve().parent / "student"
 
 
@@ -96,8 +97,27 @@ def _goldens_for(model: ImportedModel, sampler: dict, golden_dir: Path | None):
     return eager_reference(model, sampler, GOLDEN_PROMPTS[:4], [0], pinned_steps(sampler["num_steps"]))
 
 
+def _quality_vs_steps(model: ImportedModel, bundle: Path, manifest: dict, step_counts, cache_dir: Path, ui) -> dict:
+    """The quality-vs-steps table against the model's 50-step goldens (or an eager 50-step reference without them)."""
+    from lgc.compiler.golden import GOLDEN_PROMPTS
+    from lgc.passes.step_reduction.solvers import SOLVERS
+    from lgc.runtime_harness.golden import find_goldens, read_golden_dir
+    from lgc.runtime_harness.harness import eager_reference, open_bundle
+    from lgc.runtime_harness.quality_vs_steps import quality_vs_steps
+
+    folder = find_goldens(model.sha256, steps=REFERENCE_STEPS)
+    goldens = read_golden_dir(folder) if folder else None
+    if goldens is None or goldens.manifest.get("image_size") != model.info["image_size"]:
+        s = manifest["sampler"]
+        plan = SOLVERS[s["solver"]](model.scheduler_config, REFERENCE_STEPS, s["guidance_scale"]).to_json()
+        goldens = eager_reference(model, plan, GOLDEN_PROMPTS[:4], [0, 1], [])
+    fns, tokenizer = open_bundle(bundle, manifest)
+    return quality_vs_steps(model, fns, tokenizer, manifest, goldens, step_counts, cache_dir, progress=ui.step)
+
+
 def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: dict | None = None,
-          cache_dir: Path | None = None, golden_dir: Path | None = None, settings: list[str] | None = None) -> dict:
+          cache_dir: Path | None = None, golden_dir: Path | None = None, settings: list[str] | None = None,
+          quality_steps: tuple[int, ...] = ()) -> dict:
     profile = get_profile(target).with_overrides(**(overrides or {})).with_pass_options(settings or [])
     # Resolve the whole pipeline before any work: an unknown pass or option fails here.
     planned = resolve_pipeline(profile.pipeline(), profile.options())
@@ -141,6 +161,9 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
         from lgc.runtime_harness.harness import run_bundle
 
         figures = run_bundle(stage, manifest, goldens, progress=ui.step)
+        steps_table = None
+        if quality_steps:
+            steps_table = _quality_vs_steps(model, stage, manifest, quality_steps, cache_dir, ui)
         report = {
             "target": profile.name,
             "model": manifest["model"]["name"],
@@ -150,6 +173,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             "end_to_end": figures["end_to_end"],
             "per_case_psnr_db": figures["per_case_psnr_db"],
             "yardstick": figures["yardstick"],
+            **({"quality_vs_steps": steps_table} if steps_table else {}),
             "components": {},
             "bundle_bytes": sum(e["bytes"] for e in entries.values()),
         }

@@ -30,9 +30,26 @@ def cmd_build(a) -> int:
     ui = UI(quiet=a.quiet)
     overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size, "schedule": a.schedule}
     report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden,
+                   quality_steps=_step_counts(a.quality_vs_steps),
                    settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else []))
     ui.summary(report)
     return 0
+
+
+def _step_counts(text: str | None) -> tuple[int, ...]:
+    if text is None:
+        return ()
+    from lgc.runtime_harness.quality_vs_steps import DEFAULT_STEP_COUNTS
+
+    if text == "":
+        return DEFAULT_STEP_COUNTS
+    try:
+        counts = tuple(sorted({int(s) for s in text.split(",")}))
+    except ValueError:
+        raise UsageError(f"--quality-vs-steps takes step counts like 4,8,20, got {text!r}") from None
+    if not counts or counts[0] < 1:
+        raise UsageError(f"--quality-vs-steps: step counts must be at least 1, got {text!r}")
+    return counts
 
 
 def cmd_check(a) -> int:
@@ -117,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--solver", default=None, help="sampler: ddim, dpmpp_2m, euler, lcm (default: lcm for LCM models, else dpmpp_2m)")
     b.add_argument("--schedule", default=None, choices=("default", "optimized"),
                    help="timesteps: the scheduler's default ones, or searched to match a 50-step reference (cached)")
+    b.add_argument("--quality-vs-steps", nargs="?", const="", default=None, metavar="N,N,...",
+                   help="also measure quality against a 50-step reference for these step counts (default 4,6,8,10,15,20), "
+                        "default and optimized timesteps, fp32 model and artifacts")
     b.add_argument("--guidance", type=float, default=None, help="classifier-free guidance scale")
     b.add_argument("--image-size", type=int, default=None, help="square image size in pixels (default: the model's)")
     b.add_argument("--golden", type=Path, default=None, help="golden folder to check against (default: found by model hash)")

@@ -51,6 +51,20 @@ class UI:
                   f"{e['psnr_db_min']:.1f}", "", "", style="bold")
         self.console.print(t)
         self.console.print(f"end-to-end SSIM min {e['ssim_min']:.4f}, PSNR mean {e['psnr_db_mean']:.2f} dB against {report['reference']}")
+        if report.get("quality_vs_steps"):
+            self.steps_table(report["quality_vs_steps"])
+
+    def steps_table(self, q: dict) -> None:
+        t = Table(title=f"quality vs steps ({q['solver']}) against {q['reference']} ({q['reference_steps']} steps, {q['cases']} cases)",
+                  title_justify="left")
+        for col in ("steps", "timesteps", "fp32 PSNR mean/min", "fp32 SSIM mean", "artifact PSNR mean/min", "artifact SSIM mean"):
+            t.add_column(col, justify="left" if col == "timesteps" else "right")
+        for r in q["rows"]:
+            f, a = r["fp32"], r["artifact"]
+            t.add_row(f"{r['steps']} {r['schedule']}", " ".join(map(str, r["timesteps"]))[:48],
+                      f"{f['psnr_db_mean']:.2f} / {f['psnr_db_min']:.2f}", f"{f['ssim_mean']:.4f}",
+                      f"{a['psnr_db_mean']:.2f} / {a['psnr_db_min']:.2f}", f"{a['ssim_mean']:.4f}")
+        self.console.print(t)
 
     def checks(self, checks) -> None:
         t = Table(title="lgc check", title_justify="left")

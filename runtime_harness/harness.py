@@ -114,11 +114,16 @@ def _hwc(image: torch.Tensor):
     return image.reshape(image.shape[-3:]).permute(1, 2, 0).clamp(0, 1).numpy()
 
 
-def run_bundle(bundle: Path, manifest: dict, goldens: GoldenSet, repeats: int = 5, progress=None, keep_images: bool = False) -> dict:
-    """Load every artifact of ``bundle`` in its runtime and evaluate it."""
+def open_bundle(bundle: Path, manifest: dict) -> tuple[dict, object]:
+    """Every artifact of ``bundle`` loaded in its runtime, as callables, and the bundle's tokenizer."""
     bundle = Path(bundle)
     fns = {name: open_runner(c["runtime"], bundle / c["file"]) for name, c in manifest["components"].items()}
-    tokenizer = load_tokenizer(bundle / manifest["tokenizer"]["folder"])
+    return fns, load_tokenizer(bundle / manifest["tokenizer"]["folder"])
+
+
+def run_bundle(bundle: Path, manifest: dict, goldens: GoldenSet, repeats: int = 5, progress=None, keep_images: bool = False) -> dict:
+    """Load every artifact of ``bundle`` in its runtime and evaluate it."""
+    fns, tokenizer = open_bundle(bundle, manifest)
     return evaluate(fns, manifest, tokenizer, goldens, repeats=repeats, progress=progress, keep_images=keep_images)
 
 

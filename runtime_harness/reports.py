@@ -74,17 +74,19 @@ def _bar_chart(values: dict, title: str, unit: str) -> str:
     return _png(fig)
 
 
-def _quality_vs_steps_chart(rows: list[dict]) -> str:
+def _quality_vs_steps_chart(q: dict) -> str:
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(4.5, 2.8))
-    for schedule in sorted({r["schedule"] for r in rows}):
-        pts = sorted((r["steps"], r["psnr_db_mean"]) for r in rows if r["schedule"] == schedule)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=schedule)
-    ax.set_xlabel("steps")
-    ax.set_ylabel("PSNR dB (mean)")
-    ax.legend(fontsize=8)
-    ax.set_title("quality vs steps", fontsize=10)
+    fig, axes = plt.subplots(1, 2, figsize=(8, 2.8))
+    for ax, metric, label in ((axes[0], "psnr_db_mean", "PSNR dB (mean)"), (axes[1], "ssim_mean", "SSIM (mean)")):
+        for schedule in sorted({r["schedule"] for r in q["rows"]}):
+            rows = sorted((r for r in q["rows"] if r["schedule"] == schedule), key=lambda r: r["steps"])
+            for kind, style in (("fp32", "-"), ("artifact", "--")):
+                ax.plot([r["steps"] for r in rows], [r[kind][metric] for r in rows], style, marker="o", label=f"{schedule}, {kind}")
+        ax.set_xlabel("steps")
+        ax.set_ylabel(label)
+    axes[0].legend(fontsize=7)
+    fig.suptitle(f"quality vs steps against the {q['reference_steps']}-step reference", fontsize=10)
     return _png(fig)
 
 
@@ -144,8 +146,12 @@ def write_html(path: Path, result: dict, images: list[dict], passes: dict | None
                           c.get("delegate_subgraphs", "?"), ", ".join(f"{k} ×{v}" for k, v in (c.get("nondelegated_ops") or {}).items()) or "none"]
                          for n, c in comps.items()]))
     if result.get("quality_vs_steps"):
+        q = result["quality_vs_steps"]
         parts.append("<h2>Quality vs steps</h2>")
-        parts.append(f"<img alt='quality vs steps' src='{_quality_vs_steps_chart(result['quality_vs_steps'])}'>")
+        parts.append(f"<img alt='quality vs steps' src='{_quality_vs_steps_chart(q)}'>")
+        parts.append(_table(["steps", "schedule", "timesteps", "fp32 PSNR mean", "fp32 SSIM mean", "artifact PSNR mean", "artifact SSIM mean"],
+                            [[r["steps"], r["schedule"], " ".join(map(str, r["timesteps"])), r["fp32"]["psnr_db_mean"], r["fp32"]["ssim_mean"],
+                              r["artifact"]["psnr_db_mean"], r["artifact"]["ssim_mean"]] for r in q["rows"]]))
     if passes:
         parts.append("<h2>Pass report</h2>")
         rows = []

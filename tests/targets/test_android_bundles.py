@@ -103,14 +103,15 @@ def test_fusion_keeps_components_nearly_whole(bundles):
 
     What is left outside: the U-Net's timestep sinusoid (cat, expand), the text
     encoder's token lookup (XNNPACK has no gather) and the reshape of its ids,
-    and layout copies at the inputs and outputs.
+    the VAE's high-resolution upsamples, and layout copies at inputs and outputs.
     """
     for target in ("android-int8", "android-fp32"):
         comps = bundles[target][1]["components"]
         unet, text = comps["unet"], comps["text_encoder"]
         assert unet["delegate_subgraphs"] <= 2 and unet["nondelegated_compute_ops"] <= 3, (target, unet)
         assert text["delegate_subgraphs"] == 1 and text["nondelegated_compute_ops"] <= 2, (target, text)
-        assert comps["vae_decoder"]["delegate_subgraphs"] == 1, (target, comps["vae_decoder"])
+        # The VAE keeps its two high-resolution upsamples outside (see upsample_as_deconv: faster so).
+        assert comps["vae_decoder"]["delegate_subgraphs"] <= 3, (target, comps["vae_decoder"])
 
 
 def test_int8_text_encoder_declares_the_quantized_kernels_it_needs(bundles):

@@ -42,3 +42,11 @@ def test_result_lowers_to_one_delegate():
     before, after = delegation_before_after(UpsampleAsDeconv, UpConv(), x)
     assert before["nondelegated_ops"].get("aten_upsample_nearest2d_vec") == 1
     assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after
+
+
+def test_high_resolution_outputs_stay_nearest():
+    # 40 x 40 output pixels > the default 32 x 32: XNNPACK's depthwise deconvolution would be slower there.
+    res, before, after, _ = run_pass(UpsampleAsDeconv, UpConv(), torch.randn(1, 8, 20, 20))
+    assert not res.changed and before == after
+    res, _, after, _ = run_pass(UpsampleAsDeconv, UpConv(), torch.randn(1, 8, 20, 20), max_output_pixels=40 * 40)
+    assert res.changed and after["aten.conv_transpose2d.input"] == 1

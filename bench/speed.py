@@ -1,0 +1,158 @@
+"""Speed benchmark: each component in eager torch, ONNX Runtime, and lgc's ExecuTorch artifacts, side by side in one run.
+
+    python bench/speed.py --model reference            # the reference model's three components
+    python bench/speed.py --model reference --json bench/speed.json
+
+Every runtime gets the same component and the same inputs; timings are
+interleaved (one call of each runtime per round, rounds repeated) so that the
+noise of a shared machine falls on all of them alike, and each latency is
+reported as a median and as a ratio to ONNX Runtime fp32 (the runtime a user
+would pick instead). Delegation counts come from the lgc build reports.
+This is a benchmark, not a test: it prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def ort_session(module, inputs, names, folder: Path):
+    """``module`` exported to ONNX (TorchScript exporter), simplified with onnxsim, in an ONNX Runtime CPU session."""
+    import onnx
+    import onnxruntime as ort
+    import onnxsim
+
+    path = folder / "model.onnx"
+    with torch.no_grad():
+        torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["out"], dynamo=False, opset_version=17)
+    model, ok = onnxsim.simplify(onnx.load(str(path)))
+    if ok:
+        onnx.save(model, str(path))
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {n: t.numpy() for n, t in zip(names, inputs)}
+    return lambda: sess.run(None, feeds), ok
+
+
+def interleaved_medians(fns: dict, rounds: int, block: int = 5) -> dict:
+    """Median per-call latency of each runtime, measured in alternating blocks of ``block`` calls.
+
+    Blocks, not single calls: runtimes keep worker threads spinning for a
+    while after a call returns (ONNX Runtime and XNNPACK both do), and on a
+    2-core machine a neighbour's spinning threads would be timed as the next
+    runtime's latency. The first call of every block is dropped for the same
+    reason; alternating blocks still spreads machine noise over all runtimes.
+    """
+    times = {k: [] for k in fns}
+    for fn in fns.values():
+        fn()
+    for _ in range(max(1, rounds // block)):
+        for k, fn in fns.items():
+            fn()
+            for _ in range(block):
+                t0 = time.perf_counter()
+                fn()
+                times[k].append((time.perf_counter() - t0) * 1000)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def ensure_bundles(out: Path, model: Path | None) -> dict:
+    """android-fp32 and android-int8 bundles of ``model`` under ``out`` (built if missing or of another model)."""
+    from lgc.compiler import manifest as manifest_mod
+    from lgc.compiler.build import DEFAULT_MODEL, build
+    from lgc.compiler.model_import import folder_sha256
+    from lgc.compiler.ui import UI
+
+    sha = folder_sha256(model or DEFAULT_MODEL)
+    bundles = {}
+    for target in ("android-fp32", "android-int8"):
+        folder = out / target
+        try:
+            fresh = manifest_mod.load(folder)["model"]["sha256"] == sha
+        except Exception:
+            fresh = False
+        if not fresh:
+            print(f"building {target} into {out} ...", file=sys.stderr)
+            build(model, target, out, UI(quiet=True))
+        bundles[target] = folder
+    return bundles
+
+
+def bench_reference(args) -> dict:
+    from lgc.compiler import manifest as manifest_mod
+    from lgc.compiler.build import DEFAULT_MODEL, export_components  # noqa: F401
+    from lgc.compiler.model_import import load_pipeline
+    from lgc.runtime_harness.runners import ExecuTorchRunner
+
+    bundles = ensure_bundles(Path(args.bundles), args.model_path)
+    manifests = {t: manifest_mod.load(f) for t, f in bundles.items()}
+    reports = {t: json.loads((f / "report.json").read_text()) for t, f in bundles.items()}
+    model = load_pipeline(args.model_path or DEFAULT_MODEL, tuple(manifests["android-fp32"]["components"]), None)
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, comp in model.components.items():
+            inputs = tuple(comp.example_inputs)
+            eager = comp.module.eval()
+            fns = {"eager_fp32": lambda: eager(*inputs)}
+            folder = Path(tmp) / name
+            folder.mkdir()
+            fns["ort_fp32"], simplified = ort_session(eager, inputs, list(comp.input_names), folder)
+            for target, key in (("android-fp32", "lgc_fp32"), ("android-int8", "lgc_int8")):
+                runner = ExecuTorchRunner(bundles[target] / manifests[target]["components"][name]["file"])
+                fns[key] = (lambda r: lambda: r(*inputs))(runner)
+            with torch.no_grad():
+                ms = interleaved_medians(fns, args.rounds)
+            ort = ms["ort_fp32"]
+            results[name] = {
+                "latency_ms_median": {k: round(v, 3) for k, v in ms.items()},
+                "ratio_to_ort_fp32": {k: round(v / ort, 3) for k, v in ms.items()},
+                "onnxsim": simplified,
+                "delegation": {t: {k: reports[t]["components"][name].get(k) for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops")}
+                               for t in bundles},
+            }
+    return results
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default="reference", choices=["reference"], help="what to benchmark")
+    ap.add_argument("--model-path", type=Path, default=None, help="a diffusers folder instead of lgc's reference model")
+    ap.add_argument("--bundles", default=str(REPO / "build"), help="where the android-fp32/int8 bundles are (built if missing)")
+    ap.add_argument("--rounds", type=int, default=30, help="timed rounds (one call of every runtime per round)")
+    ap.add_argument("--json", type=Path, default=None, help="write the results here")
+    args = ap.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    results = {"model": args.model, "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
+               "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
+               "components": bench_reference(args)}
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"speed, {args.model} (median ms; x = ratio to ONNX Runtime fp32)", title_justify="left")
+    for col in ("component", "eager fp32", "ORT fp32", "lgc fp32", "lgc int8", "delegates fp32/int8", "ops outside fp32/int8"):
+        t.add_column(col, justify="left" if col == "component" else "right")
+    for name, r in results["components"].items():
+        ms, x, d = r["latency_ms_median"], r["ratio_to_ort_fp32"], r["delegation"]
+        t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8")),
+                  f"{d['android-fp32']['delegate_subgraphs']}/{d['android-int8']['delegate_subgraphs']}",
+                  f"{d['android-fp32']['nondelegated_compute_ops']}/{d['android-int8']['nondelegated_compute_ops']}")
+    Console(width=160).print(t)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.path.insert(0, str(REPO))
+    sys.exit(main())
