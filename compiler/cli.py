@@ -174,6 +174,19 @@ def parser() -> argparse.ArgumentParser:
     return ap
 
 
+def _quiet_dependency_logs() -> None:
+    """Keep dependencies' import-time chatter out of users' CI logs (lgc's own output is unaffected).
+
+    torchao logs a warning for each optional CUDA kernel library it cannot load
+    on a CPU machine, and torch's pytree warns about an enum registration done
+    inside torchao; neither concerns a user of lgc.
+    """
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def _terminate(signum, frame):
     # SIGTERM takes the same path as Ctrl-C: staged output is removed, the old bundle kept.
     raise KeyboardInterrupt
@@ -184,6 +197,7 @@ def main(argv=None) -> int:
 
     argv = sys.argv[1:] if argv is None else argv
     signal.signal(signal.SIGTERM, _terminate)
+    _quiet_dependency_logs()
     debug = "--debug" in argv
     try:
         a = parser().parse_args(argv)
