@@ -115,6 +115,13 @@ def _quality_vs_steps(model: ImportedModel, bundle: Path, manifest: dict, step_c
     return quality_vs_steps(model, fns, tokenizer, manifest, goldens, step_counts, cache_dir, progress=ui.step)
 
 
+def _sensitivity(pass_reports: list[dict]) -> dict:
+    for p in pass_reports:
+        if p["pass"] == "analyze_sensitivity" and p.get("details", {}).get("enabled"):
+            return {"sensitivity": p["details"]["layers"]}
+    return {}
+
+
 def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: dict | None = None,
           cache_dir: Path | None = None, golden_dir: Path | None = None, settings: list[str] | None = None,
           quality_steps: tuple[int, ...] = ()) -> dict:
@@ -174,6 +181,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             "per_case_psnr_db": figures["per_case_psnr_db"],
             "yardstick": figures["yardstick"],
             **({"quality_vs_steps": steps_table} if steps_table else {}),
+            **_sensitivity(pass_reports),
             "components": {},
             "bundle_bytes": sum(e["bytes"] for e in entries.values()),
         }

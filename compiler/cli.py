@@ -31,7 +31,8 @@ def cmd_build(a) -> int:
     overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size, "schedule": a.schedule}
     report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden,
                    quality_steps=_step_counts(a.quality_vs_steps),
-                   settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else []))
+                   settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else [])
+                   + (["analyze_sensitivity.enabled=true"] if a.explain else []))
     ui.summary(report)
     return 0
 
@@ -143,6 +144,8 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--cache-dir", type=Path, default=None, help="calibration cache (default: OUT/.cache)")
     b.add_argument("--calibration-prompts", default=None, metavar="FILE",
                    help="calibration prompts, one a line (default: lgc's bundled set)")
+    b.add_argument("--explain", action="store_true",
+                   help="rank the U-Net's conv/linear layers by the error each adds alone in int8 (report.json: sensitivity)")
     b.add_argument("--set", action="append", default=[], metavar="PASS.OPTION=VALUE",
                    help="set a pass option (VALUE in JSON), e.g. --set annotate_xnnpack_w8a8.per_channel=false; repeatable")
     b.add_argument("--quiet", action="store_true")

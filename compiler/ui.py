@@ -53,6 +53,17 @@ class UI:
         self.console.print(f"end-to-end SSIM min {e['ssim_min']:.4f}, PSNR mean {e['psnr_db_mean']:.2f} dB against {report['reference']}")
         if report.get("quality_vs_steps"):
             self.steps_table(report["quality_vs_steps"])
+        for comp, rows in (report.get("sensitivity") or {}).items():
+            self.sensitivity_table(comp, rows)
+
+    def sensitivity_table(self, comp: str, rows: list[dict], top: int = 15) -> None:
+        t = Table(title=f"{comp}: layers most sensitive to int8, alone (output PSNR; all {len(rows)} in report.json)",
+                  title_justify="left")
+        for col in ("layer", "op", "PSNR dB", "MAC share"):
+            t.add_column(col, justify="left" if col in ("layer", "op") else "right")
+        for r in rows[:top]:
+            t.add_row(r["layer"], r["op"], f"{r['psnr_db']:.1f}", f"{100 * r['mac_share']:.1f}%")
+        self.console.print(t)
 
     def steps_table(self, q: dict) -> None:
         t = Table(title=f"quality vs steps ({q['solver']}) against {q['reference']} ({q['reference_steps']} steps, {q['cases']} cases)",

@@ -40,7 +40,13 @@ class ExecuTorchRunner:
         self.method = self.program.load_method("forward")
 
     def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
-        outs = self.method.execute([t.contiguous() for t in inputs])
+        try:
+            outs = self.method.execute([t.contiguous() for t in inputs])
+        except RuntimeError as e:
+            from lgc.compiler.errors import BuildError
+
+            # The runtime logs its reason on stderr just above; keep the line short and name the artifact.
+            raise BuildError(f"{self.path.name} failed in the ExecuTorch runtime: {' '.join(str(e).split())[:200]}") from e
         return outs[0]
 
 

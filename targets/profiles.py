@@ -23,6 +23,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "fold_constants",  # first of them: the causal mask becomes a constant unmask_attention can take
     "unmask_attention",
     "split_geglu_chunk",
+    # Analysis of the fp32 graphs the quantizer is about to see (--explain).
+    "analyze_sensitivity",
     # PT2E keeps its three steps apart: annotate, observe, convert.
     "annotate_xnnpack_w8a8",
     "calibrate_observers",
@@ -36,7 +38,7 @@ SHARED_PIPELINE: tuple[str, ...] = (
     # Exact data movement: quantizing it would add rounding and no speed.
     "upsample_as_deconv",
 )
-QUANTIZATION_PASSES = ("annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
+QUANTIZATION_PASSES = ("analyze_sensitivity", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
 
 
 @dataclass(frozen=True)

@@ -47,3 +47,35 @@ def test_unknown_operator_group_is_rejected():
 
     with pytest.raises(ValueError, match="unknown operator group"):
         AnnotateXnnpackW8A8.Config(operators=("conv", "softmax"))
+
+
+def test_cat_obeys_the_filter():
+    """executorch 1.5.1's cat annotator ignores the filter; lgc's quantizer makes it obey (skip concatenations stay fp32)."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from lgc.compiler.model_import import Component
+
+    class Skip(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.b = torch.nn.Conv2d(4, 4, 1), torch.nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            return self.b(torch.cat([self.a(x), x], dim=1))
+
+    def observed_cat_inputs(operators, strict=True) -> bool:
+        x = torch.randn(1, 4, 6, 6)
+        comp = Component("unet", Skip(), (x,), ["x"], ["y"], "Skip", graph=torch.export.export(Skip(), (x,)).module())
+        state = SimpleNamespace(model=SimpleNamespace(components={"unet": comp}))
+        AnnotateXnnpackW8A8().run(state, AnnotateXnnpackW8A8.Config(components=("unet",), operators=operators, keep_float_modules=(),
+                                                                   strict_filter=strict))
+        cat = next(n for n in comp.graph.graph.nodes if n.target == torch.ops.aten.cat.default)
+        skip = cat.args[0][1]  # the skip branch: the graph input itself, or an observer of it
+        return skip.op == "call_module" and "activation_post_process" in str(skip.target)
+
+    assert not observed_cat_inputs(("conv", "linear"))
+    assert observed_cat_inputs(("conv", "linear", "cat"))
+    assert observed_cat_inputs(("conv", "linear"), strict=False)  # executorch's own behaviour, the default
