@@ -101,7 +101,9 @@ def rank_layers(gm: torch.fx.GraphModule, samples: list[tuple], per_channel: boo
     total = sum(macs(n) for n in nodes) or 1
     rows = []
     for node in nodes:
-        quantizer = xnnpack_quantizer(per_channel, lambda n, target=node.name: n.name == target)
+        # The layer and its own constants (XNNPACK's conv annotator also asks the filter about weight and bias).
+        mine = {node.name} | {a.name for a in node.all_input_nodes if a.op == "get_attr"}
+        quantizer = xnnpack_quantizer(per_channel, lambda n, mine=mine: n.name in mine)
         trial = prepare_pt2e(copy.deepcopy(gm), quantizer)
         for s in samples:
             trial(*s)

@@ -64,3 +64,30 @@ def test_disabled_is_a_no_op():
     res = AnalyzeSensitivity().run(state, AnalyzeSensitivity.Config())
     assert not res.changed and res.details == {"enabled": False}
     assert [n.format_node() for n in comp.graph.graph.nodes] == before
+
+
+def test_explain_flag_reaches_the_pass():
+    from lgc.compiler.pass_manager import resolve_pipeline
+    from lgc.targets.profiles import get_profile
+
+    profile = get_profile("android-int8").with_pass_options(["analyze_sensitivity.enabled=true"])
+    planned = {p.cls.name: p.config for p in resolve_pipeline(profile.pipeline(), profile.options())}
+    assert planned["analyze_sensitivity"].enabled
+    assert "analyze_sensitivity" not in get_profile("android-fp32").pipeline()  # nothing to rank without int8
+
+
+def test_every_conv_is_really_quantized():
+    """A layer left unquantized by the per-layer filter would show 99 dB (no error) and rank as safe."""
+
+    class ConvStack(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.c1, self.c2 = torch.nn.Conv2d(4, 8, 3, padding=1), torch.nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            return self.c2(torch.nn.functional.silu(self.c1(x)))
+
+    x = [(torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(i)),) for i in range(3)]
+    rows = rank_layers(torch.export.export(ConvStack().eval(), x[0]).module(), x, per_channel=True)
+    assert len(rows) == 2 and all(r["op"] == "conv" and r["psnr_db"] < 90 for r in rows), rows
