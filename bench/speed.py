@@ -91,7 +91,7 @@ def ensure_bundles(out: Path, model: Path | None) -> dict:
 
 def bench_reference(args) -> dict:
     from lgc.compiler import manifest as manifest_mod
-    from lgc.compiler.build import DEFAULT_MODEL, export_components  # noqa: F401
+    from lgc.compiler.build import DEFAULT_MODEL
     from lgc.compiler.model_import import load_pipeline
     from lgc.runtime_harness.runners import ExecuTorchRunner
 

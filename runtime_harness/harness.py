@@ -27,7 +27,7 @@ def load_tokenizer(folder: Path):
     return CLIPTokenizer.from_pretrained(folder, local_files_only=True)
 
 
-def _timestep_cond(manifest: dict):
+def timestep_cond(manifest: dict):
     tc = manifest["guidance"].get("timestep_cond")
     return torch.tensor([tc], dtype=torch.float32) if tc else None
 
@@ -64,7 +64,7 @@ def evaluate(fns: dict, manifest: dict, tokenizer, goldens: GoldenSet, repeats: 
     stick = yardstick_ms()
     L = manifest["tokenizer"]["max_length"]
     cfg_batch = manifest["guidance"]["mode"] == "cfg_batch"
-    tcond = _timestep_cond(manifest)
+    tcond = timestep_cond(manifest)
     prompts = {"", *(c.prompt for c in goldens.cases)}
     ids = {p: tokenize(tokenizer, p, L) for p in prompts}
     components = {}
@@ -125,6 +125,24 @@ def run_bundle(bundle: Path, manifest: dict, goldens: GoldenSet, repeats: int = 
     """Load every artifact of ``bundle`` in its runtime and evaluate it."""
     fns, tokenizer = open_bundle(bundle, manifest)
     return evaluate(fns, manifest, tokenizer, goldens, repeats=repeats, progress=progress, keep_images=keep_images)
+
+
+@torch.no_grad()
+def eager_batch(model, plan: dict, prompts: list[str], noise: torch.Tensor, decode: bool = True):
+    """The fp32 source model's loop for every (prompt, noise row) at once: one batched call per step.
+
+    Returns the images ([N, 3, H, W]) or, with ``decode=False``, the final latents.
+    """
+    info = model.info
+    L = info["text_max_length"]
+    comps = model.components
+    ids = torch.cat([tokenize(model.tokenizer, p, L) for p in prompts])
+    uncond = tokenize(model.tokenizer, "", L).expand(len(prompts), -1)
+    tcond = guidance_embedding(plan["guidance_scale"], info["guidance_embedding_dim"])
+    decoder = comps["vae_decoder"].module if decode else (lambda x: x)
+    res = generate(plan, comps["text_encoder"].module, comps["unet"].module, decoder, ids, uncond, noise,
+                   info["cfg_batch"], timestep_cond=tcond)
+    return res.image
 
 
 @torch.no_grad()

@@ -14,7 +14,7 @@ import statistics
 
 import torch
 
-from lgc.calibration.collect import guidance_embedding
+from lgc.runtime_harness.harness import eager_batch, timestep_cond
 from lgc.runtime_harness.loop import generate, tokenize
 from lgc.runtime_harness.metrics import psnr_db, ssim
 
@@ -32,25 +32,15 @@ def _ref(case) -> torch.Tensor:
     return case.image.unsqueeze(0) if case.image.dim() == 3 else case.image
 
 
-@torch.no_grad()
 def _fp32_images(model, plan: dict, goldens) -> list[torch.Tensor]:
-    info = model.info
-    L = info["text_max_length"]
-    comps = model.components
-    tcond = guidance_embedding(plan["guidance_scale"], info["guidance_embedding_dim"])
-    ids = torch.cat([tokenize(model.tokenizer, c.prompt, L) for c in goldens.cases])
-    uncond = tokenize(model.tokenizer, "", L).expand(len(goldens.cases), -1)
-    noise = torch.cat([c.noise for c in goldens.cases])
-    res = generate(plan, comps["text_encoder"].module, comps["unet"].module, comps["vae_decoder"].module, ids, uncond, noise,
-                   info["cfg_batch"], timestep_cond=tcond)
-    return [img.unsqueeze(0) for img in res.image]
+    images = eager_batch(model, plan, [c.prompt for c in goldens.cases], torch.cat([c.noise for c in goldens.cases]))
+    return [img.unsqueeze(0) for img in images]
 
 
 def _artifact_images(fns: dict, tokenizer, manifest: dict, plan: dict, goldens) -> list[torch.Tensor]:
     L = manifest["tokenizer"]["max_length"]
     cfg_batch = manifest["guidance"]["mode"] == "cfg_batch"
-    tc = manifest["guidance"].get("timestep_cond")
-    tcond = torch.tensor([tc], dtype=torch.float32) if tc else None
+    tcond = timestep_cond(manifest)
     uncond = tokenize(tokenizer, "", L)
     return [generate(plan, fns["text_encoder"], fns["unet"], fns["vae_decoder"], tokenize(tokenizer, c.prompt, L), uncond, c.noise,
                      cfg_batch, timestep_cond=tcond).image for c in goldens.cases]

@@ -10,6 +10,7 @@ import torch
 
 from lgc.compiler.pass_manager import Pass, PassResult, register_pass
 from lgc.passes.quantization.annotate_xnnpack_w8a8 import OPERATOR_GROUPS, module_paths
+from lgc.runtime_harness.metrics import psnr_db
 
 QUANTIZABLE = OPERATOR_GROUPS["conv"] | OPERATOR_GROUPS["linear"]
 
@@ -33,11 +34,9 @@ def macs(node: torch.fx.Node) -> int:
     return out.numel() * math.prod(w.shape[1:])
 
 
-def psnr_db(got: torch.Tensor, ref: torch.Tensor) -> float:
-    """Output PSNR with the reference's own peak: how far one quantized layer moves the component's output."""
-    err = float(((got - ref) ** 2).mean())
-    peak = float(ref.abs().max()) ** 2
-    return 99.0 if err == 0 else 10 * math.log10(peak / err)
+def output_psnr_db(got: torch.Tensor, ref: torch.Tensor) -> float:
+    """Output PSNR with the reference's own peak |value|: how far one quantized layer moves the component's output."""
+    return psnr_db(got, ref, data_range=float(ref.abs().max()))
 
 
 @register_pass
@@ -108,7 +107,7 @@ def rank_layers(gm: torch.fx.GraphModule, samples: list[tuple], per_channel: boo
         for s in samples:
             trial(*s)
         trial = convert_pt2e(trial)
-        scores = [psnr_db(trial(*s), r) for s, r in zip(samples, refs)]
+        scores = [output_psnr_db(trial(*s), r) for s, r in zip(samples, refs)]
         rows.append({"layer": layer_name(node), "op": "linear" if node.target in OPERATOR_GROUPS["linear"] else "conv",
                      "psnr_db": round(min(scores), 2), "mac_share": round(macs(node) / total, 4)})
     return sorted(rows, key=lambda r: r["psnr_db"])

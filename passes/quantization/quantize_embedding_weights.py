@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from lgc.compiler.pass_manager import PassResult, register_pass
-from lgc.passes.fusion.graph_utils import NodeRewritePass
+from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, constant_of
 
 aten = torch.ops.aten
 
@@ -71,28 +71,19 @@ class QuantizeEmbeddingWeights(NodeRewritePass):
 
     def rewrite(self, gm, node):
         weight, ids = node.args[0], node.args[1]
-        if weight.op != "get_attr" or len(node.args) > 2:  # padding_idx etc.: leave alone
+        if len(node.args) > 2:  # padding_idx etc.: leave alone
             return None
-        table = _get_attr(gm, weight.target)
-        if table.dim() != 2 or table.shape[0] < self._config.min_rows:
+        table = constant_of(gm, weight)  # None unless the table is a constant of the graph
+        if table is None or table.dim() != 2 or table.shape[0] < self._config.min_rows:
             return None
         bits = self._config.bits
         if bits == 4 and table.shape[1] % 2:
             return None
         codes, scales = quantize_rows(table, bits)
-        base = weight.target.replace(".", "_")
-        gm.register_buffer(f"{base}_q{bits}", codes)
-        gm.register_buffer(f"{base}_scales", scales)
+        q_node = add_constant(gm, f"{weight.target}_q{bits}", codes)
+        s_node = add_constant(gm, f"{weight.target}_scales", scales)
         g = gm.graph
-        q_node = g.get_attr(f"{base}_q{bits}")
-        s_node = g.get_attr(f"{base}_scales")
         qmax = 2 ** (bits - 1) - 1
         op = torch.ops.quantized_decomposed.embedding_byte if bits == 8 else torch.ops.quantized_decomposed.embedding_4bit
         return g.call_function(op.default, (q_node, s_node, None, -qmax - 1, qmax, ids))
 
-
-def _get_attr(gm: torch.nn.Module, target: str) -> torch.Tensor:
-    obj = gm
-    for part in target.split("."):
-        obj = getattr(obj, part)
-    return obj

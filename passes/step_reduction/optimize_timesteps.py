@@ -52,23 +52,14 @@ def search_timesteps(objective: Callable[[list[int]], float], start: list[int], 
     return best, best_val, evals
 
 
-@torch.no_grad()
 def final_latents(model, plan: dict, prompts: list[str], seeds: list[int]) -> torch.Tensor:
     """The fp32 source model's final latents for every (prompt, seed), all in one batch."""
-    from lgc.calibration.collect import guidance_embedding, initial_noise
-    from lgc.runtime_harness.loop import generate, tokenize
+    from lgc.calibration.collect import initial_noise
+    from lgc.runtime_harness.harness import eager_batch
 
-    info = model.info
-    L = info["text_max_length"]
     runs = [(p, s) for p in prompts for s in seeds]
-    ids = torch.cat([tokenize(model.tokenizer, p, L) for p, _ in runs])
-    uncond = tokenize(model.tokenizer, "", L).expand(len(runs), -1)
-    noise = torch.cat([initial_noise(s, info["latent_shape"]) for _, s in runs])
-    tcond = guidance_embedding(plan["guidance_scale"], info["guidance_embedding_dim"])
-    comps = model.components
-    res = generate(plan, comps["text_encoder"].module, comps["unet"].module, lambda x: x, ids, uncond, noise,
-                   info["cfg_batch"], timestep_cond=tcond)
-    return res.latents
+    noise = torch.cat([initial_noise(s, model.info["latent_shape"]) for _, s in runs])
+    return eager_batch(model, plan, [p for p, _ in runs], noise, decode=False)
 
 
 @register_pass
