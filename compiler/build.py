@@ -9,7 +9,7 @@ import torch
 
 import lgc.compiler.reference as reference
 from lgc.compiler import manifest as manifest_mod
-from lgc.compiler.bundle import is_disk_full, sha256_file, staged_bundle, write_json
+from lgc.compiler.bundle import is_disk_full, sha256_file, size_bytes, staged_bundle, write_json
 from lgc.compiler.errors import BuildError, LgcError, UnsupportedModelError
 from lgc.compiler.golden import pinned_steps
 from lgc.compiler.model_import import ImportedModel, load_pipeline
@@ -144,7 +144,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
         for name, comp in model.components.items():
             ui.step(f"lowering {name} ({profile.runtime}, {profile.precision})")
             try:
-                art = emitter(comp, stage)
+                art = emitter(comp, stage, profile)
             except LgcError:
                 raise
             except Exception as e:
@@ -154,7 +154,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             path = stage / art["file"]
             with torch.no_grad():
                 out_example = comp.module(*comp.example_inputs)
-            entries[name] = manifest_mod.component_entry(comp, art, sha256_file(path), path.stat().st_size,
+            entries[name] = manifest_mod.component_entry(comp, art, sha256_file(path), size_bytes(path),
                                                          RUNNERS[profile.runtime], profile.precision, out_example)
             artifacts[name] = art
         model.tokenizer.save_pretrained(stage / "tokenizer")
@@ -189,8 +189,8 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             a = artifacts[name]
             report["components"][name] = {
                 "file": e["file"], "bytes": e["bytes"], **figures["components"][name],
-                "delegate_subgraphs": a["delegate_subgraphs"], "nondelegated_compute_ops": a["nondelegated_compute_ops"],
-                "nondelegated_ops": a["nondelegated_ops"], "lowering_seconds": a["seconds"],
+                **{k: a[k] for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops") if k in a},
+                "lowering_seconds": a["seconds"],
             }
         # Quality figures only: they are a function of the artifacts, so the manifest
         # stays byte-reproducible. Timings change run to run; they live in report.json.

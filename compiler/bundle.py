@@ -25,11 +25,28 @@ def is_disk_full(e: BaseException) -> bool:
 
 
 def sha256_file(path: Path) -> str:
+    """sha256 of a file; of a folder artifact (a Core ML ``.mlpackage``), of its ``sha256sum`` listing.
+
+    For a folder, the digest is that of the text ``sha256sum`` prints for its
+    files, sorted by relative path (``<hex>  <path>`` lines): an app or a shell
+    (``cd X.mlpackage && find . -type f | sort | xargs sha256sum``, paths without ``./``) can recompute it.
+    """
+    path = Path(path)
+    if path.is_dir():
+        lines = "".join(f"{sha256_file(f)}  {f.relative_to(path).as_posix()}\n"
+                        for f in sorted(path.rglob("*"), key=lambda f: f.relative_to(path).as_posix()) if f.is_file())
+        return hashlib.sha256(lines.encode()).hexdigest()
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def size_bytes(path: Path) -> int:
+    """Bytes of a file, or of every file in a folder artifact."""
+    path = Path(path)
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) if path.is_dir() else path.stat().st_size
 
 
 def write_json(path: Path, data) -> None:

@@ -58,6 +58,7 @@ def component_entry(comp, artifact: dict, sha: str, nbytes: int, runtime: str, p
         "backend": artifact.get("backend", ""),
         "precision": precision,
         **({"kernel_libraries": artifact["kernel_libraries"]} if "kernel_libraries" in artifact else {}),
-        "inputs": [tensor_spec(n, t) for n, t in zip(comp.input_names, comp.example_inputs)],
-        "outputs": [tensor_spec(n, t) for n, t in zip(comp.output_names, outs)],
+        # An artifact that takes other dtypes than the torch graph (Core ML: int32 ids) says so itself.
+        "inputs": artifact.get("inputs") or [tensor_spec(n, t) for n, t in zip(comp.input_names, comp.example_inputs)],
+        "outputs": artifact.get("outputs") or [tensor_spec(n, t) for n, t in zip(comp.output_names, outs)],
     }

@@ -50,6 +50,43 @@ class ExecuTorchRunner:
         return outs[0]
 
 
+class CoreMLRunner:
+    """A ``.mlpackage``: Core ML's own ``predict`` on macOS, lgc's MIL interpreter everywhere else.
+
+    ``LGC_COREML_RUNNER=interpreter`` forces the interpreter on a Mac too (to compare the two).
+    """
+
+    def __init__(self, path: Path):
+        import os
+        import sys
+
+        self.path = Path(path)
+        self.model = None
+        if sys.platform == "darwin" and os.environ.get("LGC_COREML_RUNNER", "predict") == "predict":
+            import coremltools as ct
+
+            self.model = ct.models.MLModel(str(self.path))
+            spec = self.model.get_spec()
+            self.input_names = [i.name for i in spec.description.input]
+            self.output_names = [o.name for o in spec.description.output]
+        else:
+            from lgc.runtime_harness.coreml.program import MilProgram
+
+            self.program = MilProgram(self.path)
+        self.backend = "predict" if self.model is not None else "mil-interpreter"
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        if self.model is not None:
+            feeds = {n: t.numpy() for n, t in zip(self.input_names, inputs)}
+            return torch.from_numpy(self.model.predict(feeds)[self.output_names[0]]).float()
+        try:
+            return self.program(*inputs)[0].float()
+        except RuntimeError as e:
+            from lgc.compiler.errors import BuildError
+
+            raise BuildError(f"{self.path.name} failed in lgc's Core ML interpreter: {' '.join(str(e).split())[:200]}") from e
+
+
 class EagerRunner:
     """A torch module (or GraphModule) called eagerly, under no_grad."""
 
@@ -62,7 +99,7 @@ class EagerRunner:
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-RUNNERS = {"executorch": ExecuTorchRunner}
+RUNNERS = {"executorch": ExecuTorchRunner, "coreml": CoreMLRunner}
 
 
 def open_runner(kind: str, path: Path):

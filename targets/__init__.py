@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 
-def _executorch_xnnpack(component, out_dir):
+def _executorch_xnnpack(component, out_dir, profile):
     from lgc.targets.executorch.emit import emit
 
     return emit(component, out_dir)
 
 
+def _coreml(component, out_dir, profile):
+    from lgc.targets.coreml.emit import emit
+
+    return emit(component, out_dir, profile)
+
+
 # Dispatch on a profile's ``runtime``: one table, not an if-chain.
-EMITTERS = {"executorch-xnnpack": _executorch_xnnpack}
+EMITTERS = {"executorch-xnnpack": _executorch_xnnpack, "coreml": _coreml}
 # Which harness runner loads each runtime's artifacts.
-RUNNERS = {"executorch-xnnpack": "executorch"}
+RUNNERS = {"executorch-xnnpack": "executorch", "coreml": "coreml"}

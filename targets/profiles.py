@@ -39,6 +39,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "upsample_as_deconv",
 )
 QUANTIZATION_PASSES = ("analyze_sensitivity", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
+# Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
+XNNPACK_FORM_PASSES = ("decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class Profile:
     image_size: int | None = None  # None: the model's own (U-Net sample_size x VAE factor)
     disabled_passes: tuple[str, ...] = ()
     pass_options: dict = field(default_factory=dict)
+    emit_options: dict = field(default_factory=dict)  # read by the runtime's emitter (e.g. Core ML deployment target, weight format)
 
     def pipeline(self) -> list[str]:
         return [p for p in SHARED_PIPELINE if p not in self.disabled_passes]
@@ -116,6 +119,21 @@ PROFILES: dict[str, Profile] = {
             runtime="executorch-xnnpack",
             precision="fp32",
             disabled_passes=QUANTIZATION_PASSES,
+        ),
+        *(
+            Profile(
+                name=name,
+                description=f"Core ML ML program (.mlpackage), fp16 compute, {what}, minimum deployment target {os_}",
+                runtime="coreml",
+                precision=precision,
+                disabled_passes=QUANTIZATION_PASSES + XNNPACK_FORM_PASSES,
+                emit_options={"minimum_deployment_target": os_, "weights": weights},
+            )
+            for name, precision, weights, what, os_ in (
+                ("ios-fp16", "fp16", "fp16", "fp16 weights", "iOS17"),
+                ("ios-w8", "w8-fp16", "int8-linear", "int8 per-channel linear weights", "iOS17"),
+                ("ios-w4", "w4-fp16", "4bit-palettized", "4-bit palettized weights (per grouped channel)", "iOS18"),
+            )
         ),
     )
 }

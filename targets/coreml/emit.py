@@ -1,0 +1,112 @@
+"""Emit one component as a Core ML ML program (``.mlpackage``), weights compressed as the profile asks.
+
+coremltools converts the ``torch.export`` program of the component after
+lgc's passes; compression is coremltools' own ``optimize.coreml`` applied to
+the converted program, so what ships is exactly what Apple's tools produce.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from pathlib import Path
+
+import torch
+
+# Core ML has no int64 tensors: the converter turns int64 inputs into int32.
+COREML_DTYPE = {"FLOAT32": "float32", "FLOAT16": "float16", "INT32": "int32"}
+
+
+def _register_missing_torch_ops() -> None:
+    """``aten.alias`` (left by torch.export around CLIP's position ids) has no coremltools 9.0 translation.
+
+    coremltools maps ``alias_copy``, ``clone`` and ``detach`` to its no-op
+    translation but not ``alias`` itself; it is the same no-op.
+    """
+    from coremltools.converters.mil.frontend.torch.ops import noop
+    from coremltools.converters.mil.frontend.torch.torch_op_registry import _TORCH_OPS_REGISTRY
+
+    if _TORCH_OPS_REGISTRY.get_func("alias") is None:
+        _TORCH_OPS_REGISTRY.set_func_by_name(noop, "alias")
+
+
+def compression_config(weights: str):
+    """The ``coremltools.optimize.coreml`` config of a profile's ``weights`` setting (None: fp16 as converted)."""
+    import coremltools.optimize.coreml as cto
+
+    if weights == "fp16":
+        return None
+    if weights == "int8-linear":
+        op = cto.OpLinearQuantizerConfig(mode="linear_symmetric", dtype="int8", granularity="per_channel")
+        return "linear_quantize_weights", cto.OptimizationConfig(global_config=op)
+    if weights == "4bit-palettized":
+        # Grouped per-channel look-up tables (iOS 18): each group of 16 output channels has its own 16 values.
+        op = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16)
+        return "palettize_weights", cto.OptimizationConfig(global_config=op)
+    raise ValueError(f"unknown Core ML weight format {weights!r}")
+
+
+def _deterministic_package_ids(package: Path) -> None:
+    """coremltools names the package's items with random UUIDs; derive them from the item paths instead.
+
+    Two builds of the same inputs then give byte-identical packages (the
+    UUIDs only tie ``Manifest.json`` entries together; Core ML does not care which they are).
+    """
+    path = package / "Manifest.json"
+    manifest = json.loads(path.read_text())
+    renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, "lgc/" + item["path"])) for old, item in manifest["itemInfoEntries"].items()}
+    manifest["itemInfoEntries"] = {renamed[k]: v for k, v in manifest["itemInfoEntries"].items()}
+    manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def _io_specs(features) -> list[dict]:
+    out = []
+    for f in features:
+        arr = f.type.multiArrayType
+        dtype = COREML_DTYPE[type(arr).ArrayDataType.Name(arr.dataType)]
+        out.append({"name": f.name, "shape": list(arr.shape), "dtype": dtype})
+    return out
+
+
+def emit(component, out_dir: Path, profile) -> dict:
+    import coremltools as ct
+    import coremltools.optimize.coreml as cto
+
+    _register_missing_torch_ops()
+    options = profile.emit_options
+    target = getattr(ct.target, options["minimum_deployment_target"])
+    t0 = time.perf_counter()
+    ep = torch.export.export(component.graph, component.example_inputs, strict=False).run_decompositions({})
+    t_export = time.perf_counter() - t0
+    mlmodel = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=target,
+                         compute_precision=ct.precision.FLOAT16, skip_model_load=True)
+    # Feature names as the manifest gives them (the converter names them after graph nodes).
+    spec = mlmodel.get_spec()
+    for old, new in zip([i.name for i in spec.description.input], component.input_names):
+        ct.utils.rename_feature(spec, old, new)
+    for old, new in zip([o.name for o in spec.description.output], component.output_names):
+        ct.utils.rename_feature(spec, old, new)
+    mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
+    t_convert = time.perf_counter() - t0 - t_export
+    compression = compression_config(options["weights"])
+    if compression is not None:
+        fn, config = compression
+        mlmodel = getattr(cto, fn)(mlmodel, config)
+    t_compress = time.perf_counter() - t0 - t_export - t_convert
+    path = Path(out_dir) / f"{component.name}.mlpackage"
+    mlmodel.save(str(path))
+    # coremltools leaves a debug-handle map of the torch graph in the package; an app has no use for it.
+    (path / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)
+    _deterministic_package_ids(path)
+    spec = mlmodel.get_spec()
+    return {
+        "file": path.name,
+        "format": "mlpackage",
+        "backend": f"coreml-mlprogram-{options['minimum_deployment_target']}",
+        "weights": options["weights"],
+        "inputs": _io_specs(spec.description.input),
+        "outputs": _io_specs(spec.description.output),
+        "seconds": {"export": round(t_export, 2), "convert": round(t_convert, 2), "compress": round(t_compress, 2)},
+    }
