@@ -58,7 +58,29 @@ def _deterministic_package_ids(package: Path) -> None:
     renamed = {old: str(uuid.uuid5(uuid.NAMESPACE_URL, "lgc/" + item["path"])) for old, item in manifest["itemInfoEntries"].items()}
     manifest["itemInfoEntries"] = {renamed[k]: v for k, v in manifest["itemInfoEntries"].items()}
     manifest["rootModelIdentifier"] = renamed[manifest["rootModelIdentifier"]]
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    # In the layout coremltools' ModelPackage writes itself: opening the package then leaves it byte-identical.
+    path.write_text(json.dumps(manifest, indent=4, sort_keys=True) + "\n")
+
+
+def _deterministic_spec(package: Path, component: str, target: str) -> None:
+    """Rewrite the package's model spec so the same inputs give the same bytes.
+
+    Protobuf serialises map fields (the metadata) in arbitrary order unless
+    asked not to, and coremltools stamps the conversion date: the spec is
+    re-serialised deterministically, with lgc's own provenance instead of the date.
+    """
+    from coremltools.proto import Model_pb2
+
+    from lgc.runtime_harness.coreml.program import package_paths
+
+    spec_path, _ = package_paths(package)
+    spec = Model_pb2.Model()
+    spec.ParseFromString(spec_path.read_bytes())
+    meta = spec.description.metadata.userDefined
+    meta.pop("com.github.apple.coremltools.conversion_date", None)
+    meta["lgc.component"] = component
+    meta["lgc.target"] = target
+    spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
 def _io_specs(features) -> list[dict]:
@@ -100,6 +122,7 @@ def emit(component, out_dir: Path, profile) -> dict:
     # coremltools leaves a debug-handle map of the torch graph in the package; an app has no use for it.
     (path / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)
     _deterministic_package_ids(path)
+    _deterministic_spec(path, component.name, profile.name)
     spec = mlmodel.get_spec()
     return {
         "file": path.name,

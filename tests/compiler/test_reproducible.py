@@ -25,3 +25,17 @@ def test_same_inputs_same_bytes(tmp_path, tiny_pipeline):
     assert da == db
     # And the harness measured the same images from them.
     assert a["end_to_end"]["psnr_db_min"] == b["end_to_end"]["psnr_db_min"]
+
+
+def test_same_inputs_same_bytes_core_ml(tmp_path, tiny_pipeline):
+    """Core ML packages too: coremltools names package items with random UUIDs, serialises metadata maps in
+    arbitrary order and stamps the date; k-means palettization must not vary either."""
+    from lgc.compiler.build import build
+    from lgc.compiler.ui import UI
+
+    model = tiny_pipeline("sd1")
+    for root in ("a", "b"):
+        build(model, "ios-w4", tmp_path / root, UI(quiet=True))
+    da, db = _digests(tmp_path / "a" / "ios-w4"), _digests(tmp_path / "b" / "ios-w4")
+    assert "unet.mlpackage/Data/com.apple.CoreML/weights/weight.bin" in da
+    assert da == db
