@@ -182,11 +182,22 @@ def _quiet_dependency_logs() -> None:
 
     torchao logs a warning for each optional CUDA kernel library it cannot load
     on a CPU machine, and torch's pytree warns about an enum registration done
-    inside torchao; neither concerns a user of lgc.
+    inside torchao; neither concerns a user of lgc. coremltools warns that
+    its macOS-only runtime proxies are missing and that this torch is newer
+    than it was tested with; ExecuTorch's Core ML backend warns about spec
+    versions lgc sets on purpose. Their tqdm bars (MIL passes, weight loading)
+    would interleave with lgc's own progress lines.
     """
     import logging
+    import os
 
-    for name in ("torchao", "torch.utils._pytree"):
+    import warnings
+
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    os.environ.setdefault("ET_COREML_LOG_LEVEL", "ERROR")  # its loggers set their own levels from this
+    # torch.export's pytree, deprecated inside torch itself: nothing a user can act on.
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
+    for name in ("torchao", "torch.utils._pytree", "coremltools", "executorch.backends.apple.coreml"):
         logging.getLogger(name).setLevel(logging.ERROR)
 
 

@@ -87,6 +87,50 @@ class CoreMLRunner:
             raise BuildError(f"{self.path.name} failed in lgc's Core ML interpreter: {' '.join(str(e).split())[:200]}") from e
 
 
+class ExecuTorchCoreMLRunner:
+    """A ``.pte`` whose program is one Core ML delegate call (profile ios-et).
+
+    The ExecuTorch runtime for Linux has no Core ML backend, so the runner
+    reads the ``.pte`` itself: it checks the method is nothing but that one
+    delegate call (anything else would need a runtime that is not here),
+    unpacks the delegate's payload — the ``.mlpackage`` the Core ML backend
+    loads on device, flattened by executorchcoreml — and runs it with
+    :class:`CoreMLRunner` (Core ML ``predict`` on macOS, the MIL interpreter elsewhere).
+    """
+
+    def __init__(self, path: Path):
+        import json
+        import tempfile
+
+        from executorch.backends.apple.coreml import executorchcoreml
+        from executorch.exir._serialize._program import deserialize_pte_binary
+
+        from lgc.compiler.errors import UnsupportedModelError
+
+        self.path = Path(path)
+        program = deserialize_pte_binary(self.path.read_bytes()).program
+        plan = program.execution_plan[0]
+        instructions = [type(i.instr_args).__name__ for chain in plan.chains for i in chain.instructions]
+        if instructions != ["DelegateCall"] or [d.id for d in plan.delegates] != ["CoreMLBackend"]:
+            raise UnsupportedModelError(f"{self.path.name}: not a single Core ML delegate call ({', '.join(instructions)}); "
+                                        f"lgc can only run that form of an ios-et artifact off-device")
+        blob = program.backend_delegate_data[plan.delegates[0].processed.index].data
+        self._tmp = tempfile.TemporaryDirectory(prefix="lgc-coreml-delegate-")
+        if not executorchcoreml.unflatten_directory_contents(bytes(blob), self._tmp.name):
+            raise UnsupportedModelError(f"{self.path.name}: the Core ML delegate payload could not be unpacked")
+        lowered = Path(self._tmp.name) / "lowered_module"
+        self.inner = CoreMLRunner(lowered / "model.mlpackage")
+        self.backend = self.inner.backend
+        # The delegate takes its inputs in its own order (its graph's placeholders, e.g. timestep before
+        # sample): the DelegateCall names them by value index, which the method's inputs also use.
+        n_in = len(json.loads((lowered / "metadata.json").read_text())["inputNames"])
+        call = plan.chains[0].instructions[0].instr_args
+        self.order = [list(plan.inputs).index(v) for v in call.args[:n_in]]
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self.inner(*[inputs[i] for i in self.order])
+
+
 class EagerRunner:
     """A torch module (or GraphModule) called eagerly, under no_grad."""
 
@@ -99,7 +143,7 @@ class EagerRunner:
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-RUNNERS = {"executorch": ExecuTorchRunner, "coreml": CoreMLRunner}
+RUNNERS = {"executorch": ExecuTorchRunner, "executorch-coreml": ExecuTorchCoreMLRunner, "coreml": CoreMLRunner}
 
 
 def open_runner(kind: str, path: Path):

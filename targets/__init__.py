@@ -6,7 +6,13 @@ from __future__ import annotations
 def _executorch_xnnpack(component, out_dir, profile):
     from lgc.targets.executorch.emit import emit
 
-    return emit(component, out_dir)
+    return emit(component, out_dir, "xnnpack")
+
+
+def _executorch_coreml(component, out_dir, profile):
+    from lgc.targets.executorch.emit import emit
+
+    return emit(component, out_dir, "coreml", profile.emit_options)
 
 
 def _coreml(component, out_dir, profile):
@@ -16,6 +22,6 @@ def _coreml(component, out_dir, profile):
 
 
 # Dispatch on a profile's ``runtime``: one table, not an if-chain.
-EMITTERS = {"executorch-xnnpack": _executorch_xnnpack, "coreml": _coreml}
+EMITTERS = {"executorch-xnnpack": _executorch_xnnpack, "executorch-coreml": _executorch_coreml, "coreml": _coreml}
 # Which harness runner loads each runtime's artifacts.
-RUNNERS = {"executorch-xnnpack": "executorch", "coreml": "coreml"}
+RUNNERS = {"executorch-xnnpack": "executorch", "executorch-coreml": "executorch-coreml", "coreml": "coreml"}

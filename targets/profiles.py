@@ -135,6 +135,14 @@ PROFILES: dict[str, Profile] = {
                 ("ios-w4", "w4-fp16", "4bit-palettized", "4-bit palettized weights (per grouped channel)", "iOS18"),
             )
         ),
+        Profile(
+            name="ios-et",
+            description="ExecuTorch .pte with the Core ML delegate (fp16 compute, iOS17), for apps that standardise on ExecuTorch",
+            runtime="executorch-coreml",
+            precision="fp16",
+            disabled_passes=QUANTIZATION_PASSES + XNNPACK_FORM_PASSES,
+            emit_options={"minimum_deployment_target": "iOS17"},
+        ),
     )
 }
 

@@ -46,10 +46,10 @@ def bundles(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def ios_bundles(tmp_path_factory):
-    """ios-fp16 and ios-w4 bundles of the reference model (Core ML conversion takes seconds, not minutes)."""
+    """ios-fp16, ios-w4 and ios-et bundles of the reference model (Core ML conversion takes seconds, not minutes)."""
     from lgc.compiler.build import build
     from lgc.compiler.ui import UI
 
     out = tmp_path_factory.mktemp("ios")
-    reports = {t: build(None, t, out, UI(quiet=True)) for t in ("ios-fp16", "ios-w4")}
+    reports = {t: build(None, t, out, UI(quiet=True)) for t in ("ios-fp16", "ios-w4", "ios-et")}
     return {t: (out / t, reports[t]) for t in reports}

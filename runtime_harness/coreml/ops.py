@@ -322,7 +322,9 @@ def stack(values, axis):
 
 @op()
 def tile(x, reps):
-    return x.repeat(ints(reps))
+    reps = ints(reps)
+    # numpy.tile semantics: missing leading reps are 1 (torch.repeat refuses fewer reps than dims).
+    return x.repeat([1] * (x.dim() - len(reps)) + reps)
 
 
 @op()

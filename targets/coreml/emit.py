@@ -18,7 +18,7 @@ import torch
 COREML_DTYPE = {"FLOAT32": "float32", "FLOAT16": "float16", "INT32": "int32"}
 
 
-def _register_missing_torch_ops() -> None:
+def register_missing_torch_ops() -> None:
     """``aten.alias`` (left by torch.export around CLIP's position ids) has no coremltools 9.0 translation.
 
     coremltools maps ``alias_copy``, ``clone`` and ``detach`` to its no-op
@@ -96,7 +96,7 @@ def emit(component, out_dir: Path, profile) -> dict:
     import coremltools as ct
     import coremltools.optimize.coreml as cto
 
-    _register_missing_torch_ops()
+    register_missing_torch_ops()
     options = profile.emit_options
     target = getattr(ct.target, options["minimum_deployment_target"])
     t0 = time.perf_counter()

@@ -1,4 +1,4 @@
-"""Emit one component as an ExecuTorch ``.pte`` with the XNNPACK delegate."""
+"""Emit one component as an ExecuTorch ``.pte``: XNNPACK delegate (Android) or Core ML delegate (iOS)."""
 
 from __future__ import annotations
 
@@ -43,14 +43,33 @@ def kernel_libraries(graph_module) -> list[str]:
     return sorted(libs)
 
 
-def emit(component, out_dir: Path) -> dict:
-    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+def partitioner(backend: str, options: dict):
+    if backend == "xnnpack":
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+
+        return XnnpackPartitioner()
+    if backend == "coreml":
+        import coremltools as ct
+        from executorch.backends.apple.coreml.compiler import CoreMLBackend
+        from executorch.backends.apple.coreml.partition import CoreMLPartitioner
+
+        from lgc.targets.coreml.emit import register_missing_torch_ops
+
+        register_missing_torch_ops()
+        specs = CoreMLBackend.generate_compile_specs(
+            minimum_deployment_target=getattr(ct.target, options["minimum_deployment_target"]),
+            compute_precision=ct.precision.FLOAT16)
+        return CoreMLPartitioner(compile_specs=specs)
+    raise ValueError(f"unknown ExecuTorch backend {backend!r}")
+
+
+def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | None = None) -> dict:
     from executorch.exir import to_edge_transform_and_lower
 
     t0 = time.perf_counter()
     ep = torch.export.export(component.graph, component.example_inputs, strict=False)
     t_export = time.perf_counter() - t0
-    edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
+    edge = to_edge_transform_and_lower(ep, partitioner=[partitioner(backend, options or {})])
     t_lower = time.perf_counter() - t0 - t_export
     summary = delegation_summary(edge.exported_program().graph_module)
     libraries = kernel_libraries(edge.exported_program().graph_module)
@@ -61,7 +80,7 @@ def emit(component, out_dir: Path) -> dict:
     return {
         "file": path.name,
         "format": "executorch",
-        "backend": "xnnpack",
+        "backend": backend,
         "kernel_libraries": libraries,
         "seconds": {"export": round(t_export, 2), "lower": round(t_lower, 2), "serialize": round(t_serialize, 2)},
         **summary,

@@ -144,3 +144,25 @@ def test_every_architecture_runs_in_the_interpreter(variant, tiny_pipeline, tmp_
     report = build(tiny_pipeline(variant), "ios-fp16", tmp_path, UI(quiet=True))
     assert report["end_to_end"]["psnr_db_min"] >= 50.0, report["end_to_end"]
     assert min(c["psnr_db_min"] for c in report["components"].values()) >= 50.0, report["components"]
+
+
+def test_ios_et_is_one_core_ml_delegate_per_component(ios_bundles):
+    """ExecuTorch with the Core ML delegate: the whole component inside it, run from the .pte's own payload."""
+    folder, report = ios_bundles["ios-et"]
+    manifest = manifest_of(folder)
+    for name in COMPONENTS:
+        c = report["components"][name]
+        assert (c["delegate_subgraphs"], c["nondelegated_compute_ops"]) == (1, 0), (name, c)
+        assert manifest["components"][name]["runtime"] == "executorch-coreml"
+    # The delegate takes the U-Net's inputs in another order than the method (timestep first): the
+    # runner maps them, or the images would be noise.
+    assert report["end_to_end"]["psnr_db_min"] >= 35.0, report["end_to_end"]
+
+
+def test_ios_et_runner_refuses_other_programs(bundles):
+    from lgc.compiler.errors import UnsupportedModelError
+    from lgc.runtime_harness.runners import ExecuTorchCoreMLRunner
+
+    folder, _ = bundles["android-fp32"]
+    with pytest.raises(UnsupportedModelError, match="not a single Core ML delegate call"):
+        ExecuTorchCoreMLRunner(folder / "unet.pte")
