@@ -9,6 +9,7 @@ import torch
 
 import lgc.compiler.reference as reference
 from lgc.compiler import manifest as manifest_mod
+from lgc.compiler.artifact_cache import ArtifactCache, component_key
 from lgc.compiler.bundle import is_disk_full, sha256_file, size_bytes, staged_bundle, write_json
 from lgc.compiler.errors import BuildError, LgcError, UnsupportedModelError
 from lgc.compiler.golden import pinned_steps
@@ -140,11 +141,20 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
                            progress_search=ui.counter("timestep search"))
         pass_reports = PassManager(planned, progress=ui.step).run(state)
         emitter = EMITTERS[profile.runtime]
+        cache = ArtifactCache(cache_dir)
         entries, artifacts = {}, {}
         for name, comp in model.components.items():
-            ui.step(f"lowering {name} ({profile.runtime}, {profile.precision})")
+            key = component_key(comp, profile, LGC_VERSION)
             try:
-                art = emitter(comp, stage, profile)
+                art = cache.get(key, stage)
+                if art is not None:
+                    ui.step(f"lowering {name}: cached (graph and weights unchanged, key {key[:12]})")
+                    art["cached"] = True
+                else:
+                    ui.step(f"lowering {name} ({profile.runtime}, {profile.precision})")
+                    art = emitter(comp, stage, profile)
+                    cache.put(key, stage, art)
+                    art["cached"] = False
             except LgcError:
                 raise
             except Exception as e:
@@ -190,7 +200,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             report["components"][name] = {
                 "file": e["file"], "bytes": e["bytes"], **figures["components"][name],
                 **{k: a[k] for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops") if k in a},
-                "lowering_seconds": a["seconds"],
+                "lowering_seconds": a["seconds"], "lowering_cached": a["cached"],
             }
         # Quality figures only: they are a function of the artifacts, so the manifest
         # stays byte-reproducible. Timings change run to run; they live in report.json.

@@ -322,9 +322,7 @@ def stack(values, axis):
 
 @op()
 def tile(x, reps):
-    reps = ints(reps)
-    # numpy.tile semantics: missing leading reps are 1 (torch.repeat refuses fewer reps than dims).
-    return x.repeat([1] * (x.dim() - len(reps)) + reps)
+    return x.repeat(ints(reps))  # MIL requires one rep per dim, as torch.repeat does
 
 
 @op()

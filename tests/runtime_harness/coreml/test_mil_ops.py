@@ -125,7 +125,6 @@ CASES = [
     ("split", [(2, 6)], lambda x: mb.split(x=x, num_splits=3, axis=-1)[2], lambda x: x[:, 4:]),
     ("stack", [(2, 3), (2, 3)], lambda x, y: mb.stack(values=[x, y], axis=1), lambda x, y: torch.stack([x, y], 1)),
     ("tile", [(2, 3)], lambda x: mb.tile(x=x, reps=[2, 1]), lambda x: x.repeat(2, 1)),
-    ("tile", [(2, 3)], lambda x: mb.tile(x=x, reps=[3]), lambda x: x.repeat(1, 3)),
     ("gather", [(1, 4)], lambda x: mb.add(x=mb.gather(x=TABLE, indices=np.array([[3, 0, 9, 3]], np.int32), axis=0), y=mb.reduce_sum(x=x)),
      lambda x: torch.tensor(TABLE)[torch.tensor([[3, 0, 9, 3]])] + x.sum()),
     ("gather_along_axis", [(3, 4)], lambda x: mb.gather_along_axis(x=x, indices=np.array([[0, 1, 2, 0]], np.int32), axis=0),

@@ -1,0 +1,105 @@
+"""Content-addressed cache of lowered artifacts: a component whose graph, weights and target did not change is not lowered again.
+
+The key is a digest of what the emitter receives — the component's graph
+after every pass (its code), every tensor it holds (weights, quantization
+parameters, constants), its input shapes — and of what the emitter does with
+it (runtime, emit options, precision) and the versions of lgc and of the
+toolchain that would lower it. Keying on the graph after the passes, not on
+the build's options, is what makes a change re-lower only the components it
+actually changed: a pass option that leaves the VAE's graph as it was leaves
+the VAE cached.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from importlib import metadata
+from pathlib import Path
+
+import torch
+
+CACHE_VERSION = 1
+TOOLCHAIN = ("torch", "executorch", "coremltools")
+
+
+def _versions() -> dict:
+    out = {}
+    for dist in TOOLCHAIN:
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def _tensor_bytes(t: torch.Tensor) -> bytes:
+    t = t.detach().contiguous().cpu()
+    try:
+        return t.view(-1).view(torch.uint8).numpy().tobytes()
+    except (RuntimeError, TypeError):  # dtypes without a byte view (quantized tensors): their float values
+        return t.dequantize().float().numpy().tobytes() if t.is_quantized else t.float().numpy().tobytes()
+
+
+def _tensors(gm) -> dict[str, torch.Tensor]:
+    """Every tensor the graph reads: parameters, buffers, and get_attr constants (quantized weights, scales)."""
+    out = dict(gm.state_dict(keep_vars=False))
+    for node in gm.graph.nodes:
+        if node.op == "get_attr":
+            obj = gm
+            for part in node.target.split("."):
+                obj = getattr(obj, part)
+            if isinstance(obj, torch.Tensor):
+                out[node.target] = obj
+    return out
+
+
+def component_key(component, profile, lgc_version: str) -> str:
+    h = hashlib.sha256()
+    head = {"v": CACHE_VERSION, "lgc": lgc_version, "toolchain": _versions(), "component": component.name,
+            "runtime": profile.runtime, "precision": profile.precision, "emit": profile.emit_options,
+            "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs]}
+    h.update(json.dumps(head, sort_keys=True, default=str).encode())
+    h.update(component.graph.code.encode())
+    for name, t in sorted(_tensors(component.graph).items()):
+        h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
+        h.update(_tensor_bytes(t))
+    return h.hexdigest()[:32]
+
+
+class ArtifactCache:
+    """``root/<key>/``: the artifact (file or folder) and ``artifact.json``, what its emitter reported."""
+
+    def __init__(self, root: Path | None):
+        self.root = Path(root) / "artifacts" if root else None
+
+    def get(self, key: str, stage: Path) -> dict | None:
+        """Copy a cached artifact into ``stage`` and return its emitter report, or None on a miss."""
+        if self.root is None:
+            return None
+        entry = self.root / key
+        meta = entry / "artifact.json"
+        if not meta.is_file():
+            return None
+        art = json.loads(meta.read_text())
+        src = entry / art["file"]
+        if not src.exists():
+            return None
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, Path(stage) / art["file"])
+        return art
+
+    def put(self, key: str, stage: Path, art: dict) -> None:
+        """Store a freshly lowered artifact; written to a temporary folder and renamed, so a crash leaves no half entry."""
+        if self.root is None:
+            return
+        entry = self.root / key
+        if entry.exists():
+            return
+        tmp = self.root / f".{key}.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        src = Path(stage) / art["file"]
+        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp / art["file"])
+        (tmp / "artifact.json").write_text(json.dumps(art, indent=2) + "\n")
+        tmp.rename(entry)

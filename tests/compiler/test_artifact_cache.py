@@ -1,0 +1,56 @@
+"""The artifact cache: unchanged components are not lowered again, changed ones are, and nothing else."""
+
+from __future__ import annotations
+
+import json
+
+
+def _cached(report):
+    return {n: c["lowering_cached"] for n, c in report["components"].items()}
+
+
+def _shas(folder):
+    return {n: c["sha256"] for n, c in json.loads((folder / "manifest.json").read_text())["components"].items()}
+
+
+def test_rebuild_reuses_exactly_the_unchanged_components(tmp_path, tiny_pipeline):
+    from lgc.compiler.build import build
+    from lgc.compiler.ui import UI
+
+    model = tiny_pipeline("sd1")
+    out = tmp_path / "out"
+    first = build(model, "ios-fp16", out, UI(quiet=True))
+    assert _cached(first) == {"text_encoder": False, "unet": False, "vae_decoder": False}
+    shas = _shas(out / "ios-fp16")
+
+    # Fewer steps change the sampler in the manifest, not a single graph: everything is reused, bit for bit.
+    second = build(model, "ios-fp16", out, UI(quiet=True), overrides={"steps": 4})
+    assert _cached(second) == {"text_encoder": True, "unet": True, "vae_decoder": True}
+    assert _shas(out / "ios-fp16") == shas
+    assert json.loads((out / "ios-fp16" / "manifest.json").read_text())["sampler"]["num_steps"] == 4
+
+    # An option that changes only the text encoder's graph (its causal mask stays) re-lowers only it.
+    third = build(model, "ios-fp16", out, UI(quiet=True), settings=['unmask_attention.components=["unet", "vae_decoder"]'])
+    assert _cached(third) == {"text_encoder": False, "unet": True, "vae_decoder": True}
+    assert _shas(out / "ios-fp16")["text_encoder"] != shas["text_encoder"]
+
+
+def test_key_follows_weights(tiny_pipeline):
+    """Same graph code, one weight changed: another key (a cache keyed on code alone would ship stale weights)."""
+    import torch
+
+    from lgc.compiler.artifact_cache import component_key
+    from lgc.compiler.build import export_components
+    from lgc.compiler.model_import import load_pipeline
+    from lgc.targets.profiles import get_profile
+
+    profile = get_profile("ios-fp16")
+    model = load_pipeline(tiny_pipeline("sd1"), profile.components, None)
+    export_components(model)
+    comp = model.components["vae_decoder"]
+    before = component_key(comp, profile, "0")
+    assert component_key(comp, profile, "0") == before
+    with torch.no_grad():
+        next(comp.graph.parameters()).add_(1e-3)
+    assert component_key(comp, profile, "0") != before
+    assert component_key(comp, get_profile("ios-w8"), "0") != component_key(comp, profile, "0")
