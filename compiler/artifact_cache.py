@@ -35,7 +35,8 @@ def _versions() -> dict:
 
 
 def _tensor_bytes(t: torch.Tensor) -> bytes:
-    t = t.detach().contiguous().cpu()
+    # A copy: numpy sharing a tensor's storage makes it non-resizable, and observers resize theirs.
+    t = t.detach().cpu().clone().contiguous()
     try:
         return t.view(-1).view(torch.uint8).numpy().tobytes()
     except (RuntimeError, TypeError):  # dtypes without a byte view (quantized tensors): their float values
@@ -55,17 +56,21 @@ def _tensors(gm) -> dict[str, torch.Tensor]:
     return out
 
 
-def component_key(component, profile, lgc_version: str) -> str:
+def graph_digest(gm, context: dict) -> str:
+    """sha256 of ``context`` (JSON), the graph's code and every tensor it reads, with the toolchain versions."""
     h = hashlib.sha256()
-    head = {"v": CACHE_VERSION, "lgc": lgc_version, "toolchain": _versions(), "component": component.name,
-            "runtime": profile.runtime, "precision": profile.precision, "emit": profile.emit_options,
-            "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs]}
-    h.update(json.dumps(head, sort_keys=True, default=str).encode())
-    h.update(component.graph.code.encode())
-    for name, t in sorted(_tensors(component.graph).items()):
+    h.update(json.dumps({"v": CACHE_VERSION, "toolchain": _versions(), **context}, sort_keys=True, default=str).encode())
+    h.update(gm.code.encode())
+    for name, t in sorted(_tensors(gm).items()):
         h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
         h.update(_tensor_bytes(t))
     return h.hexdigest()[:32]
+
+
+def component_key(component, profile, lgc_version: str) -> str:
+    return graph_digest(component.graph, {
+        "lgc": lgc_version, "component": component.name, "runtime": profile.runtime, "precision": profile.precision,
+        "emit": profile.emit_options, "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs]})
 
 
 class ArtifactCache:

@@ -135,6 +135,9 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
     with staged_bundle(out) as stage:
         ui.step(f"importing {model_path}")
         model = load_pipeline(model_path, profile.components, profile.image_size)
+        # Saved before anything tokenizes: a fast tokenizer that has padded or truncated keeps those
+        # settings in tokenizer.json, so the file would depend on whether calibration ran or was cached.
+        model.tokenizer.save_pretrained(stage / "tokenizer")
         ui.step(f"exporting {', '.join(model.components)} at image size {model.info['image_size']}")
         export_components(model)
         state = BuildState(profile, model, cache_dir=cache_dir, progress_calibration=ui.counter("calibration"),
@@ -167,7 +170,6 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             entries[name] = manifest_mod.component_entry(comp, art, sha256_file(path), size_bytes(path),
                                                          RUNNERS[profile.runtime], profile.precision, out_example)
             artifacts[name] = art
-        model.tokenizer.save_pretrained(stage / "tokenizer")
         manifest = build_manifest(profile, model, state, entries)
         manifest_mod.validate(manifest)
         write_json(stage / "passes.json", {"pipeline": profile.pipeline(), "passes": pass_reports,

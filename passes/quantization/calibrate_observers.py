@@ -68,7 +68,7 @@ class CalibrateObservers(Pass):
             return PassResult(False, {"calibrated": []})
         prompts = read_prompts(config.prompts_file or DEFAULT_PROMPTS)[: config.max_prompts]
         calib = collect(state.model, state.sampler.to_json(), prompts, list(config.seeds), state.cache_dir, state.progress_calibration)
-        counts = {}
+        counts, observed = {}, {}
         with torch.no_grad():
             for name, comp in targets.items():
                 samples = calib.inputs.get(name, [])
@@ -76,7 +76,44 @@ class CalibrateObservers(Pass):
                     samples = stratified(samples, state.sampler.num_steps, config.unet_samples_per_timestep)
                 if not samples:
                     raise ValueError(f"no calibration inputs recorded for {name}")
-                for args in samples:
-                    comp.graph(*args)
+                observed[name] = observe(comp.graph, samples, calib.key, state.cache_dir)
                 counts[name] = len(samples)
-        return PassResult(True, {"samples": counts, "prompts": len(prompts), "seeds": list(config.seeds), "cache": "hit" if calib.cached else "miss", "key": calib.key})
+        return PassResult(True, {"samples": counts, "prompts": len(prompts), "seeds": list(config.seeds),
+                                 "cache": "hit" if calib.cached else "miss", "key": calib.key, "observers": observed})
+
+
+def _observers(gm) -> dict:
+    return {n: m for n, m in gm.named_modules() if "activation_post_process" in n and "." not in n}
+
+
+def observe(gm, samples: list, calib_key: str, cache_dir) -> str:
+    """Run ``samples`` through the observed graph, or restore the observer states a previous build saved.
+
+    XNNPACK's histogram observers make this the slowest step of a warm
+    build; their final states are a function of the observed graph and the
+    samples alone, so they are cached under a digest of both.
+    """
+    from pathlib import Path
+
+    from lgc.compiler.artifact_cache import graph_digest
+
+    path = None
+    if cache_dir is not None:
+        key = graph_digest(gm, {"calibration": calib_key, "samples": len(samples)})
+        path = Path(cache_dir) / f"observers-{key}.pt"
+        if path.is_file():
+            states = torch.load(path)
+            for n, m in _observers(gm).items():
+                # Buffers replaced, not copied into: a fresh histogram observer's buffers have other
+                # sizes than a fed one's and are not resizable (load_state_dict fails on them).
+                for k, v in states[n].items():
+                    m._buffers[k] = v.clone()
+            return "restored"
+    for args in samples:
+        gm(*args)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        torch.save({n: m.state_dict() for n, m in _observers(gm).items()}, tmp)
+        tmp.replace(path)
+    return "observed"

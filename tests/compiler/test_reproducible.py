@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from lgc.compiler.bundle import sha256_file
 
 # Files that record how long things took; everything else must be byte-identical.
@@ -25,6 +27,13 @@ def test_same_inputs_same_bytes(tmp_path, tiny_pipeline):
     assert da == db
     # And the harness measured the same images from them.
     assert a["end_to_end"]["psnr_db_min"] == b["end_to_end"]["psnr_db_min"]
+    # A warm rebuild restores the observers and reuses every lowered artifact: the same bytes again.
+    c = build(model, "android-int8", tmp_path / "a", UI(quiet=True))
+    assert all(comp["lowering_cached"] for comp in c["components"].values())
+    passes = json.loads((tmp_path / "a" / "android-int8" / "passes.json").read_text())["passes"]
+    assert next(p for p in passes if p["pass"] == "calibrate_observers")["details"]["observers"] == {
+        "text_encoder": "restored", "unet": "restored", "vae_decoder": "restored"}
+    assert _digests(tmp_path / "a" / "android-int8") == da
 
 
 def test_same_inputs_same_bytes_core_ml(tmp_path, tiny_pipeline):
