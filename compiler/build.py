@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -123,6 +124,28 @@ def _sensitivity(pass_reports: list[dict]) -> dict:
     return {}
 
 
+def _lower(comp, profile: Profile, dest: Path, cache: ArtifactCache, ui, note: str = "") -> dict:
+    """One component's artifact in ``dest``: from the artifact cache, or emitted (and then cached)."""
+    key = component_key(comp, profile, LGC_VERSION)
+    try:
+        art = cache.get(key, dest)
+        if art is not None:
+            ui.step(f"lowering {comp.name}{note}: cached (graph and weights unchanged, key {key[:12]})")
+            art["cached"] = True
+            return art
+        ui.step(f"lowering {comp.name} ({profile.runtime}, {profile.precision}){note}")
+        art = EMITTERS[profile.runtime](comp, dest, profile)
+        cache.put(key, dest, art)
+        art["cached"] = False
+        return art
+    except LgcError:
+        raise
+    except Exception as e:
+        if is_disk_full(e):
+            raise  # staged_bundle reports it, after removing the partial bundle
+        raise BuildError(f"lowering {comp.name} to {profile.runtime} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+
+
 def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: dict | None = None,
           cache_dir: Path | None = None, golden_dir: Path | None = None, settings: list[str] | None = None,
           quality_steps: tuple[int, ...] = ()) -> dict:
@@ -143,27 +166,10 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
         state = BuildState(profile, model, cache_dir=cache_dir, progress_calibration=ui.counter("calibration"),
                            progress_search=ui.counter("timestep search"))
         pass_reports = PassManager(planned, progress=ui.step).run(state)
-        emitter = EMITTERS[profile.runtime]
         cache = ArtifactCache(cache_dir)
         entries, artifacts = {}, {}
         for name, comp in model.components.items():
-            key = component_key(comp, profile, LGC_VERSION)
-            try:
-                art = cache.get(key, stage)
-                if art is not None:
-                    ui.step(f"lowering {name}: cached (graph and weights unchanged, key {key[:12]})")
-                    art["cached"] = True
-                else:
-                    ui.step(f"lowering {name} ({profile.runtime}, {profile.precision})")
-                    art = emitter(comp, stage, profile)
-                    cache.put(key, stage, art)
-                    art["cached"] = False
-            except LgcError:
-                raise
-            except Exception as e:
-                if is_disk_full(e):
-                    raise  # staged_bundle reports it, after removing the partial bundle
-                raise BuildError(f"lowering {name} to {profile.runtime} failed: {type(e).__name__}: {str(e).splitlines()[0][:300]}") from e
+            art = _lower(comp, profile, stage, cache, ui)
             path = stage / art["file"]
             with torch.no_grad():
                 out_example = comp.module(*comp.example_inputs)
@@ -175,11 +181,21 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
         write_json(stage / "passes.json", {"pipeline": profile.pipeline(), "passes": pass_reports,
                                            "artifacts": {n: a for n, a in artifacts.items()}})
 
-        ui.step("running the bundle end to end in its runtime")
+        twin = None
+        if profile.verify_with:
+            # This machine cannot run the bundle's own code: run the same graphs emitted for it instead.
+            twin_profile = get_profile(profile.verify_with)
+            twin = Path(cache_dir) / "twins" / profile.name
+            shutil.rmtree(twin, ignore_errors=True)
+            twin.mkdir(parents=True)
+            for name, comp in model.components.items():
+                _lower(comp, twin_profile, twin, cache, ui, note=f" (verification twin: {twin_profile.name})")
+            manifest["verified_with"] = {"target": twin_profile.name, "note": "same graphs after the same passes; only code generation differs"}
+        ui.step("running the bundle end to end in its runtime" + (f" (through its {profile.verify_with} twin)" if twin else ""))
         goldens = _goldens_for(model, manifest["sampler"], golden_dir)
         from lgc.runtime_harness.harness import run_bundle
 
-        figures = run_bundle(stage, manifest, goldens, progress=ui.step)
+        figures = run_bundle(stage, manifest, goldens, progress=ui.step, artifacts=twin)
         steps_table = None
         if quality_steps:
             steps_table = _quality_vs_steps(model, stage, manifest, quality_steps, cache_dir, ui)
@@ -187,6 +203,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             "target": profile.name,
             "model": manifest["model"]["name"],
             "reference": goldens.source,
+            **({"verified_with": manifest["verified_with"]} if twin else {}),
             "reference_sampler": {k: goldens.manifest.get(k) for k in ("scheduler", "steps", "guidance_scale")},
             "sampler": {"solver": state.sampler.solver, "steps": state.sampler.num_steps, "guidance_scale": state.sampler.guidance_scale},
             "end_to_end": figures["end_to_end"],

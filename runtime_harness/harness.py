@@ -114,16 +114,22 @@ def _hwc(image: torch.Tensor):
     return image.reshape(image.shape[-3:]).permute(1, 2, 0).clamp(0, 1).numpy()
 
 
-def open_bundle(bundle: Path, manifest: dict) -> tuple[dict, object]:
-    """Every artifact of ``bundle`` loaded in its runtime, as callables, and the bundle's tokenizer."""
+def open_bundle(bundle: Path, manifest: dict, artifacts: Path | None = None) -> tuple[dict, object]:
+    """Every artifact of ``bundle`` loaded in its runtime, as callables, and the bundle's tokenizer.
+
+    ``artifacts``: a folder holding same-named artifacts to run instead (a
+    verification twin, for bundles whose own code this machine cannot run).
+    """
     bundle = Path(bundle)
-    fns = {name: open_runner(c["runtime"], bundle / c["file"]) for name, c in manifest["components"].items()}
+    where = Path(artifacts) if artifacts else bundle
+    fns = {name: open_runner(c["runtime"], where / c["file"]) for name, c in manifest["components"].items()}
     return fns, load_tokenizer(bundle / manifest["tokenizer"]["folder"])
 
 
-def run_bundle(bundle: Path, manifest: dict, goldens: GoldenSet, repeats: int = 5, progress=None, keep_images: bool = False) -> dict:
-    """Load every artifact of ``bundle`` in its runtime and evaluate it."""
-    fns, tokenizer = open_bundle(bundle, manifest)
+def run_bundle(bundle: Path, manifest: dict, goldens: GoldenSet, repeats: int = 5, progress=None, keep_images: bool = False,
+               artifacts: Path | None = None) -> dict:
+    """Load every artifact of ``bundle`` (or of its twin folder ``artifacts``) in its runtime and evaluate it."""
+    fns, tokenizer = open_bundle(bundle, manifest, artifacts)
     return evaluate(fns, manifest, tokenizer, goldens, repeats=repeats, progress=progress, keep_images=keep_images)
 
 

@@ -131,6 +131,29 @@ class ExecuTorchCoreMLRunner:
         return self.inner(*[inputs[i] for i in self.order])
 
 
+class TVMRunner:
+    """A component folder emitted by lgc's TVM target: a Relax VM executable with its weights bound in."""
+
+    def __init__(self, path: Path):
+        import tvm
+        from tvm import relax
+
+        from lgc.compiler.errors import UnsupportedModelError
+
+        self.path = Path(path)
+        lib = self.path / "module.so"
+        if not lib.is_file():
+            raise UnsupportedModelError(f"{self.path.name}: no host library (module.so); an arm64 archive does not run on "
+                                        f"this machine: check the tvm-host twin of the same build instead")
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(lib)), tvm.cpu())
+        self._tvm = tvm
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        out = self.vm["main"](*[self._tvm.runtime.tensor(t.contiguous().numpy()) for t in inputs])
+        first = out[0] if not hasattr(out, "numpy") else out
+        return torch.from_numpy(first.numpy())
+
+
 class EagerRunner:
     """A torch module (or GraphModule) called eagerly, under no_grad."""
 
@@ -143,7 +166,7 @@ class EagerRunner:
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-RUNNERS = {"executorch": ExecuTorchRunner, "executorch-coreml": ExecuTorchCoreMLRunner, "coreml": CoreMLRunner}
+RUNNERS = {"executorch": ExecuTorchRunner, "executorch-coreml": ExecuTorchCoreMLRunner, "coreml": CoreMLRunner, "tvm": TVMRunner}
 
 
 def open_runner(kind: str, path: Path):

@@ -58,6 +58,9 @@ class Profile:
     disabled_passes: tuple[str, ...] = ()
     pass_options: dict = field(default_factory=dict)
     emit_options: dict = field(default_factory=dict)  # read by the runtime's emitter (e.g. Core ML deployment target, weight format)
+    # Artifacts this machine cannot run (arm64 code) are verified through a twin: the same
+    # post-pass graphs emitted with this other profile's emit options, run by the harness.
+    verify_with: str | None = None
 
     def pipeline(self) -> list[str]:
         return [p for p in SHARED_PIPELINE if p not in self.disabled_passes]
@@ -134,6 +137,23 @@ PROFILES: dict[str, Profile] = {
                 ("ios-w8", "w8-fp16", "int8-linear", "int8 per-channel linear weights", "iOS17"),
                 ("ios-w4", "w4-fp16", "4bit-palettized", "4-bit palettized weights (per grouped channel)", "iOS18"),
             )
+        ),
+        Profile(
+            name="tvm-host",
+            description="TVM Relax module for this machine (LLVM): the verification twin of tvm-android-arm64",
+            runtime="tvm",
+            precision="fp32",
+            disabled_passes=QUANTIZATION_PASSES + XNNPACK_FORM_PASSES,
+            emit_options={"os": "host", "target": {"kind": "llvm"}},
+        ),
+        Profile(
+            name="tvm-android-arm64",
+            description="TVM Relax module for arm64 Android (LLVM, NEON), an archive of AArch64 objects the app links with the NDK",
+            runtime="tvm",
+            precision="fp32",
+            disabled_passes=QUANTIZATION_PASSES + XNNPACK_FORM_PASSES,
+            emit_options={"os": "android", "target": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]}},
+            verify_with="tvm-host",
         ),
         Profile(
             name="ios-et",
