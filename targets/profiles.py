@@ -41,6 +41,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
 QUANTIZATION_PASSES = ("analyze_sensitivity", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
 XNNPACK_FORM_PASSES = ("decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
+# Core ML and TVM targets: float, converted from the graphs as the fusion passes leave them.
+NON_XNNPACK_DISABLED = QUANTIZATION_PASSES + XNNPACK_FORM_PASSES
 
 
 @dataclass(frozen=True)
@@ -129,7 +131,7 @@ PROFILES: dict[str, Profile] = {
                 description=f"Core ML ML program (.mlpackage), fp16 compute, {what}, minimum deployment target {os_}",
                 runtime="coreml",
                 precision=precision,
-                disabled_passes=QUANTIZATION_PASSES + XNNPACK_FORM_PASSES,
+                disabled_passes=NON_XNNPACK_DISABLED,
                 emit_options={"minimum_deployment_target": os_, "weights": weights},
             )
             for name, precision, weights, what, os_ in (
@@ -138,29 +140,29 @@ PROFILES: dict[str, Profile] = {
                 ("ios-w4", "w4-fp16", "4bit-palettized", "4-bit palettized weights (per grouped channel)", "iOS18"),
             )
         ),
-        Profile(
-            name="tvm-host",
-            description="TVM Relax module for this machine (LLVM): the verification twin of tvm-android-arm64",
-            runtime="tvm",
-            precision="fp32",
-            disabled_passes=QUANTIZATION_PASSES + XNNPACK_FORM_PASSES,
-            emit_options={"os": "host", "target": {"kind": "llvm"}},
-        ),
-        Profile(
-            name="tvm-android-arm64",
-            description="TVM Relax module for arm64 Android (LLVM, NEON), an archive of AArch64 objects the app links with the NDK",
-            runtime="tvm",
-            precision="fp32",
-            disabled_passes=QUANTIZATION_PASSES + XNNPACK_FORM_PASSES,
-            emit_options={"os": "android", "target": {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]}},
-            verify_with="tvm-host",
+        *(
+            Profile(
+                name=name,
+                description=description,
+                runtime="tvm",
+                precision="fp32",
+                disabled_passes=NON_XNNPACK_DISABLED,
+                emit_options={"os": os_, "target": target},
+                verify_with=twin,
+            )
+            for name, description, os_, target, twin in (
+                ("tvm-host", "TVM Relax module for this machine (LLVM): the verification twin of tvm-android-arm64",
+                 "host", {"kind": "llvm"}, None),
+                ("tvm-android-arm64", "TVM Relax module for arm64 Android (LLVM, NEON), an archive of AArch64 objects the app links with the NDK",
+                 "android", {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]}, "tvm-host"),
+            )
         ),
         Profile(
             name="ios-et",
             description="ExecuTorch .pte with the Core ML delegate (fp16 compute, iOS17), for apps that standardise on ExecuTorch",
             runtime="executorch-coreml",
             precision="fp16",
-            disabled_passes=QUANTIZATION_PASSES + XNNPACK_FORM_PASSES,
+            disabled_passes=NON_XNNPACK_DISABLED,
             emit_options={"minimum_deployment_target": "iOS17"},
         ),
     )
