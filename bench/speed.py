@@ -1,4 +1,4 @@
-"""Speed benchmark: each component in eager torch, ONNX Runtime, and lgc's ExecuTorch artifacts, side by side in one run.
+"""Speed benchmark: each component in eager torch, ONNX Runtime, and lgc's ExecuTorch and TVM artifacts, side by side in one run.
 
     python bench/speed.py --model reference            # the reference model's three components
     python bench/speed.py --model reference --json bench/speed.json
@@ -67,8 +67,12 @@ def interleaved_medians(fns: dict, rounds: int, block: int = 5) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+# lgc targets benchmarked, and their column keys. tvm-host is untuned (MetaSchedule tuning is not in yet).
+TARGET_COLUMNS = {"android-fp32": "lgc_fp32", "android-int8": "lgc_int8", "tvm-host": "lgc_tvm_untuned"}
+
+
 def ensure_bundles(out: Path, model: Path | None) -> dict:
-    """android-fp32 and android-int8 bundles of ``model`` under ``out`` (built if missing or of another model)."""
+    """A bundle of ``model`` per benchmarked target under ``out`` (built if missing or of another model)."""
     from lgc.compiler import manifest as manifest_mod
     from lgc.compiler.build import DEFAULT_MODEL, build
     from lgc.compiler.model_import import folder_sha256
@@ -76,7 +80,7 @@ def ensure_bundles(out: Path, model: Path | None) -> dict:
 
     sha = folder_sha256(model or DEFAULT_MODEL)
     bundles = {}
-    for target in ("android-fp32", "android-int8"):
+    for target in TARGET_COLUMNS:
         folder = out / target
         try:
             fresh = manifest_mod.load(folder)["model"]["sha256"] == sha
@@ -93,7 +97,7 @@ def bench_reference(args) -> dict:
     from lgc.compiler import manifest as manifest_mod
     from lgc.compiler.build import DEFAULT_MODEL
     from lgc.compiler.model_import import load_pipeline
-    from lgc.runtime_harness.runners import ExecuTorchRunner
+    from lgc.runtime_harness.runners import open_runner
 
     bundles = ensure_bundles(Path(args.bundles), args.model_path)
     manifests = {t: manifest_mod.load(f) for t, f in bundles.items()}
@@ -108,8 +112,9 @@ def bench_reference(args) -> dict:
             folder = Path(tmp) / name
             folder.mkdir()
             fns["ort_fp32"], simplified = ort_session(eager, inputs, list(comp.input_names), folder)
-            for target, key in (("android-fp32", "lgc_fp32"), ("android-int8", "lgc_int8")):
-                runner = ExecuTorchRunner(bundles[target] / manifests[target]["components"][name]["file"])
+            for target, key in TARGET_COLUMNS.items():
+                entry = manifests[target]["components"][name]
+                runner = open_runner(entry["runtime"], bundles[target] / entry["file"])
                 fns[key] = (lambda r: lambda: r(*inputs))(runner)
             with torch.no_grad():
                 ms = interleaved_medians(fns, args.rounds)
@@ -119,7 +124,7 @@ def bench_reference(args) -> dict:
                 "ratio_to_ort_fp32": {k: round(v / ort, 3) for k, v in ms.items()},
                 "onnxsim": simplified,
                 "delegation": {t: {k: reports[t]["components"][name].get(k) for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops")}
-                               for t in bundles},
+                               for t in bundles if t.startswith("android-")},
             }
     return results
 
@@ -128,7 +133,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="reference", choices=["reference"], help="what to benchmark")
     ap.add_argument("--model-path", type=Path, default=None, help="a diffusers folder instead of lgc's reference model")
-    ap.add_argument("--bundles", default=str(REPO / "build"), help="where the android-fp32/int8 bundles are (built if missing)")
+    ap.add_argument("--bundles", default=str(REPO / "build"), help="where the android-fp32/int8 and tvm-host bundles are (built if missing)")
     ap.add_argument("--rounds", type=int, default=30, help="timed rounds (one call of every runtime per round)")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
@@ -140,11 +145,11 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     t = Table(title=f"speed, {args.model} (median ms; x = ratio to ONNX Runtime fp32)", title_justify="left")
-    for col in ("component", "eager fp32", "ORT fp32", "lgc fp32", "lgc int8", "delegates fp32/int8", "ops outside fp32/int8"):
+    for col in ("component", "eager fp32", "ORT fp32", "lgc fp32", "lgc int8", "lgc TVM untuned", "delegates fp32/int8", "ops outside fp32/int8"):
         t.add_column(col, justify="left" if col == "component" else "right")
     for name, r in results["components"].items():
         ms, x, d = r["latency_ms_median"], r["ratio_to_ort_fp32"], r["delegation"]
-        t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8")),
+        t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8", "lgc_tvm_untuned")),
                   f"{d['android-fp32']['delegate_subgraphs']}/{d['android-int8']['delegate_subgraphs']}",
                   f"{d['android-fp32']['nondelegated_compute_ops']}/{d['android-int8']['nondelegated_compute_ops']}")
     Console(width=160).print(t)

@@ -16,6 +16,7 @@ from lgc.compiler.errors import BuildError, LgcError, UnsupportedModelError
 from lgc.compiler.golden import pinned_steps
 from lgc.compiler.model_import import ImportedModel, load_pipeline
 from lgc.compiler.pass_manager import PassManager, resolve_pipeline
+from lgc.compiler.stages import StageClock
 from lgc.passes.step_reduction.solvers import SamplerPlan
 from lgc.targets import EMITTERS, RUNNERS
 from lgc.targets.profiles import Profile, get_profile
@@ -124,16 +125,16 @@ def _sensitivity(pass_reports: list[dict]) -> dict:
     return {}
 
 
-def _lower(comp, profile: Profile, dest: Path, cache: ArtifactCache, ui, note: str = "") -> dict:
+def _lower(comp, profile: Profile, dest: Path, cache: ArtifactCache, step, note: str = "") -> dict:
     """One component's artifact in ``dest``: from the artifact cache, or emitted (and then cached)."""
     key = component_key(comp, profile, LGC_VERSION)
     try:
         art = cache.get(key, dest)
         if art is not None:
-            ui.step(f"lowering {comp.name}{note}: cached (graph and weights unchanged, key {key[:12]})")
+            step(f"lowering {comp.name}{note}: cached (graph and weights unchanged, key {key[:12]})")
             art["cached"] = True
             return art
-        ui.step(f"lowering {comp.name} ({profile.runtime}, {profile.precision}){note}")
+        step(f"lowering {comp.name} ({profile.runtime}, {profile.precision}){note}")
         art = EMITTERS[profile.runtime](comp, dest, profile)
         cache.put(key, dest, art)
         art["cached"] = False
@@ -156,20 +157,21 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
     out = Path(out_root) / profile.name
     cache_dir = cache_dir or Path(out_root) / ".cache"
     with staged_bundle(out) as stage:
-        ui.step(f"importing {model_path}")
+        stages = StageClock(ui.step)
+        stages.step(f"importing {model_path}")
         model = load_pipeline(model_path, profile.components, profile.image_size)
         # Saved before anything tokenizes: a fast tokenizer that has padded or truncated keeps those
         # settings in tokenizer.json, so the file would depend on whether calibration ran or was cached.
         model.tokenizer.save_pretrained(stage / "tokenizer")
-        ui.step(f"exporting {', '.join(model.components)} at image size {model.info['image_size']}")
+        stages.step(f"exporting {', '.join(model.components)} at image size {model.info['image_size']}")
         export_components(model)
         state = BuildState(profile, model, cache_dir=cache_dir, progress_calibration=ui.counter("calibration"),
                            progress_search=ui.counter("timestep search"))
-        pass_reports = PassManager(planned, progress=ui.step).run(state)
+        pass_reports = PassManager(planned, progress=stages.step).run(state)
         cache = ArtifactCache(cache_dir)
         entries, artifacts = {}, {}
         for name, comp in model.components.items():
-            art = _lower(comp, profile, stage, cache, ui)
+            art = _lower(comp, profile, stage, cache, stages.step)
             path = stage / art["file"]
             with torch.no_grad():
                 out_example = comp.module(*comp.example_inputs)
@@ -189,15 +191,16 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             shutil.rmtree(twin, ignore_errors=True)
             twin.mkdir(parents=True)
             for name, comp in model.components.items():
-                _lower(comp, twin_profile, twin, cache, ui, note=f" (verification twin: {twin_profile.name})")
+                _lower(comp, twin_profile, twin, cache, stages.step, note=f" (verification twin: {twin_profile.name})")
             manifest["verified_with"] = {"target": twin_profile.name, "note": "same graphs after the same passes; only code generation differs"}
-        ui.step("running the bundle end to end in its runtime" + (f" (through its {profile.verify_with} twin)" if twin else ""))
+        stages.step("running the bundle end to end in its runtime" + (f" (through its {profile.verify_with} twin)" if twin else ""))
         goldens = _goldens_for(model, manifest["sampler"], golden_dir)
         from lgc.runtime_harness.harness import run_bundle
 
         figures = run_bundle(stage, manifest, goldens, progress=ui.step, artifacts=twin)
         steps_table = None
         if quality_steps:
+            stages.step("quality against steps")
             steps_table = _quality_vs_steps(model, stage, manifest, quality_steps, cache_dir, ui)
         report = {
             "target": profile.name,
@@ -213,6 +216,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             **_sensitivity(pass_reports),
             "components": {},
             "bundle_bytes": sum(e["bytes"] for e in entries.values()),
+            "stages": stages.finish(),
         }
         for name, e in entries.items():
             a = artifacts[name]

@@ -22,10 +22,17 @@ def test_rebuild_reuses_exactly_the_unchanged_components(tmp_path, tiny_pipeline
     first = build(model, "ios-fp16", out, UI(quiet=True))
     assert _cached(first) == {"text_encoder": False, "unet": False, "vae_decoder": False}
     shas = _shas(out / "ios-fp16")
+    # report.json says where the time and memory went, stage by stage.
+    stages = [st["stage"] for st in first["stages"]]
+    assert stages[0].startswith("importing") and stages[-1].startswith("running the bundle end to end")
+    assert "pass fold_constants" in stages and "lowering unet (coreml, fp16)" in stages
+    peaks = [st["peak_rss_mib"] for st in first["stages"]]
+    assert peaks == sorted(peaks) and peaks[0] > 0 and all(st["seconds"] >= 0 for st in first["stages"])
 
     # Fewer steps change the sampler in the manifest, not a single graph: everything is reused, bit for bit.
     second = build(model, "ios-fp16", out, UI(quiet=True), overrides={"steps": 4})
     assert _cached(second) == {"text_encoder": True, "unet": True, "vae_decoder": True}
+    assert "lowering unet: cached" in " ".join(st["stage"] for st in second["stages"])
     assert _shas(out / "ios-fp16") == shas
     assert json.loads((out / "ios-fp16" / "manifest.json").read_text())["sampler"]["num_steps"] == 4
 
