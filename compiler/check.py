@@ -61,6 +61,11 @@ def check(bundle: Path, golden_dir: Path | None = None, policy_path: Path | None
     # Inputs first, all of them, before the minutes of running: a typo in the policy must not cost a run.
     manifest = manifest_mod.load(bundle)
     verify_bundle_files(bundle, manifest)
+    twin = (manifest.get("verified_with") or {}).get("target")
+    if twin:
+        # Its own code is for another machine (arm64): the build measured it through a twin bundle.
+        raise UsageError(f"{manifest['target']} artifacts do not run on this machine; check its {twin} twin instead "
+                         f"(`lgc build --target {twin}` builds it from the same graphs)")
     policy = load_policy(policy_path)
     base = _read_baseline(baseline) if baseline else None
     goldens = _goldens(manifest, golden_dir)

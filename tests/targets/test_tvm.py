@@ -58,3 +58,12 @@ def test_arm64_module_does_not_pretend_to_run_here(arm64_build):
     out, _ = arm64_build
     with pytest.raises(UnsupportedModelError, match="arm64 archive does not run on this machine"):
         TVMRunner(out / "tvm-android-arm64" / "unet.tvm")
+
+
+def test_lgc_check_points_an_arm64_bundle_to_its_twin(arm64_build):
+    from lgc.compiler.check import check
+    from lgc.compiler.errors import UsageError
+
+    out, _ = arm64_build
+    with pytest.raises(UsageError, match="check its tvm-host twin instead"):
+        check(out / "tvm-android-arm64")
