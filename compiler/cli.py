@@ -190,7 +190,6 @@ def _quiet_dependency_logs() -> None:
     """
     import logging
     import os
-
     import warnings
 
     os.environ.setdefault("TQDM_DISABLE", "1")

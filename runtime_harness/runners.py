@@ -28,6 +28,13 @@ def register_quantized_kernels() -> None:
     ctypes.CDLL(str(lib), mode=ctypes.RTLD_GLOBAL)
 
 
+def _runtime_failure(path: Path, where: str, e: Exception):
+    """One line naming the artifact and the runtime it failed in (the runtime's own reason, squeezed)."""
+    from lgc.compiler.errors import BuildError
+
+    return BuildError(f"{path.name} failed in {where}: {' '.join(str(e).split())[:200]}")
+
+
 class ExecuTorchRunner:
     """A ``.pte`` loaded by the ExecuTorch runtime (the same runtime an app links)."""
 
@@ -43,10 +50,8 @@ class ExecuTorchRunner:
         try:
             outs = self.method.execute([t.contiguous() for t in inputs])
         except RuntimeError as e:
-            from lgc.compiler.errors import BuildError
-
             # The runtime logs its reason on stderr just above; keep the line short and name the artifact.
-            raise BuildError(f"{self.path.name} failed in the ExecuTorch runtime: {' '.join(str(e).split())[:200]}") from e
+            raise _runtime_failure(self.path, "the ExecuTorch runtime", e) from e
         return outs[0]
 
 
@@ -82,9 +87,7 @@ class CoreMLRunner:
         try:
             return self.program(*inputs)[0].float()
         except RuntimeError as e:
-            from lgc.compiler.errors import BuildError
-
-            raise BuildError(f"{self.path.name} failed in lgc's Core ML interpreter: {' '.join(str(e).split())[:200]}") from e
+            raise _runtime_failure(self.path, "lgc's Core ML interpreter", e) from e
 
 
 class ExecuTorchCoreMLRunner:
@@ -139,9 +142,10 @@ class TVMRunner:
         from tvm import relax
 
         from lgc.compiler.errors import UnsupportedModelError
+        from lgc.targets.tvm.emit import library_name
 
         self.path = Path(path)
-        lib = self.path / "module.so"
+        lib = self.path / library_name({"os": "host"})
         if not lib.is_file():
             raise UnsupportedModelError(f"{self.path.name}: no host library (module.so); an arm64 archive does not run on "
                                         f"this machine: check the tvm-host twin of the same build instead")

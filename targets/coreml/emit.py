@@ -111,9 +111,9 @@ def emit(component, out_dir: Path, profile) -> dict:
                              compute_precision=ct.precision.FLOAT16, skip_model_load=True)
     # Feature names as the manifest gives them (the converter names them after graph nodes).
     spec = mlmodel.get_spec()
-    for old, new in zip([i.name for i in spec.description.input], component.input_names):
-        ct.utils.rename_feature(spec, old, new)
-    for old, new in zip([o.name for o in spec.description.output], component.output_names):
+    renames = [*zip([f.name for f in spec.description.input], component.input_names),
+               *zip([f.name for f in spec.description.output], component.output_names)]
+    for old, new in renames:
         ct.utils.rename_feature(spec, old, new)
     mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
     t_convert = time.perf_counter() - t0 - t_export
@@ -128,7 +128,7 @@ def emit(component, out_dir: Path, profile) -> dict:
     (path / "executorch_debug_handle_mapping.json").unlink(missing_ok=True)
     _deterministic_package_ids(path)
     _deterministic_spec(path, component.name, profile.name)
-    spec = mlmodel.get_spec()
+    # Weight compression leaves the features as renamed above: ``spec`` still describes them.
     return {
         "file": path.name,
         "format": "mlpackage",
