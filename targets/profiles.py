@@ -23,6 +23,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "fold_constants",  # first of them: the causal mask becomes a constant unmask_attention can take
     "unmask_attention",
     "split_geglu_chunk",
+    "distinct_cat_inputs",  # before quantization: the cat annotator then sees two inputs
+    "expand_as_multiply",
     # Analysis of the fp32 graphs the quantizer is about to see (--explain).
     "analyze_sensitivity",
     # PT2E keeps its three steps apart: annotate, observe, convert.
@@ -40,7 +42,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
 )
 QUANTIZATION_PASSES = ("analyze_sensitivity", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
-XNNPACK_FORM_PASSES = ("decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
+# distinct_cat_inputs and expand_as_multiply work around what XNNPACK alone lacks.
+XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
 # Core ML and TVM targets: float, converted from the graphs as the fusion passes leave them.
 NON_XNNPACK_DISABLED = QUANTIZATION_PASSES + XNNPACK_FORM_PASSES
 

@@ -76,8 +76,8 @@ class NodeRewritePass(Pass):
 
     Subclasses implement ``rewrite(gm, node)``, inserting the new nodes before
     ``node`` and returning the node that replaces it (the base class rewires
-    its users and erases it), ``True`` when they rewired and erased it
-    themselves, or ``None`` to leave this node alone.
+    its users and erases it), ``True`` when they rewired it themselves, or
+    ``None`` to leave this node alone. ``self.config`` holds the run's Config.
     """
 
     @dataclass(frozen=True)
@@ -88,6 +88,7 @@ class NodeRewritePass(Pass):
         raise NotImplementedError
 
     def run(self, state, config) -> PassResult:
+        self.config = config
         targets = set(self.op_targets)
         counts = {}
         for name, comp in state.model.components.items():

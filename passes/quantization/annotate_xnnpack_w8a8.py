@@ -44,8 +44,12 @@ def make_filter(operators: tuple[str, ...], keep_float_modules: tuple[str, ...])
     return allow
 
 
-def xnnpack_quantizer(per_channel: bool, filter_fn, strict_filter: bool = True):
+def xnnpack_quantizer(per_channel: bool, filter_fn, strict_filter: bool = True, dynamic: bool = False):
     """XNNPACKQuantizer (symmetric int8); with ``strict_filter`` every annotator obeys ``filter_fn``.
+
+    ``dynamic``: activations quantized at run time from each tensor's own
+    range (XNNPACK's qd8 kernels) instead of with calibrated static scales;
+    XNNPACKQuantizer has dynamic patterns for conv and linear only.
 
     executorch 1.5.1's ``cat`` annotator ignores the filter function
     (``_annotate_cat`` never calls it), so every concatenation is quantized
@@ -66,7 +70,8 @@ def xnnpack_quantizer(per_channel: bool, filter_fn, strict_filter: bool = True):
             propagate_annotation(model)
             return model
 
-    return FilteredXNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=per_channel)).set_filter_function(filter_fn)
+    config = get_symmetric_quantization_config(is_per_channel=per_channel, is_dynamic=dynamic)
+    return FilteredXNNPACKQuantizer().set_global(config).set_filter_function(filter_fn)
 
 
 @register_pass
@@ -103,11 +108,19 @@ class AnnotateXnnpackW8A8(Pass):
         # ("Attempted to resize a static tensor", an NHWC output at a delegate
         # boundary), so cats stay int8 as executorch annotates them.
         strict_filter: bool = False
+        # Components whose conv/linear inputs are quantized at run time from each tensor's own
+        # range (XNNPACK qd8) instead of with one calibrated scale for every timestep and
+        # prompt. The VAE decoder stays static: its convs are followed by ReLU, a pattern
+        # XNNPACK has only in static form (dynamic would leave them fp32).
+        dynamic_activations: tuple = ("text_encoder", "unet")
 
         def __post_init__(self):
             unknown = set(self.operators) - set(OPERATOR_GROUPS)
             if unknown:
                 raise ValueError(f"unknown operator group(s) {sorted(unknown)} (known: {', '.join(OPERATOR_GROUPS)})")
+            if self.dynamic_activations and set(self.operators) - {"conv", "linear"}:
+                raise ValueError("dynamic activations exist for conv and linear only (XNNPACK qd8 kernels): "
+                                 "set dynamic_activations to [] to quantize other operators")
 
     def run(self, state, config: Config) -> PassResult:
         from torchao.quantization.pt2e.quantize_pt2e import prepare_pt2e
@@ -116,7 +129,8 @@ class AnnotateXnnpackW8A8(Pass):
         for name, comp in state.model.components.items():
             if name not in config.components or comp.graph is None:
                 continue
-            quantizer = xnnpack_quantizer(config.per_channel, make_filter(config.operators, config.keep_float_modules), config.strict_filter)
+            quantizer = xnnpack_quantizer(config.per_channel, make_filter(config.operators, config.keep_float_modules),
+                                          config.strict_filter, name in config.dynamic_activations)
             comp.graph = prepare_pt2e(comp.graph, quantizer)
             n_obs = sum(1 for n in comp.graph.graph.nodes if n.op == "call_module" and "activation_post_process" in str(n.target))
             if n_obs:

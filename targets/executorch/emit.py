@@ -69,7 +69,10 @@ def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | Non
     t0 = time.perf_counter()
     ep = torch.export.export(component.graph, component.example_inputs, strict=False)
     t_export = time.perf_counter() - t0
-    edge = to_edge_transform_and_lower(ep, partitioner=[partitioner(backend, options or {})])
+    from lgc.targets.executorch.dynamic_conv_layout import fixed_dynamic_conv_layout
+
+    with fixed_dynamic_conv_layout():
+        edge = to_edge_transform_and_lower(ep, partitioner=[partitioner(backend, options or {})])
     t_lower = time.perf_counter() - t0 - t_export
     summary = delegation_summary(edge.exported_program().graph_module)
     libraries = kernel_libraries(edge.exported_program().graph_module)
