@@ -63,6 +63,8 @@ class AnalyzeSensitivity(Pass):
         components: tuple = ("unet",)  # graphs to analyse
         samples: int = 12  # recorded inputs per component used to calibrate and to measure
         per_channel: bool = True  # weight scales as annotate_xnnpack_w8a8 sets them
+        # Activations quantized at run time, as annotate_xnnpack_w8a8 does for these components by default.
+        dynamic_activations: tuple = ("text_encoder", "unet")
 
         def __post_init__(self):
             if self.samples < 1:
@@ -85,12 +87,12 @@ class AnalyzeSensitivity(Pass):
                 samples = stratified(samples, state.sampler.num_steps, max(1, config.samples // state.sampler.num_steps + 1))
             step = max(1, len(samples) // config.samples)
             samples = samples[::step][: config.samples]
-            ranking[name] = rank_layers(comp.graph, samples, config.per_channel)
+            ranking[name] = rank_layers(comp.graph, samples, config.per_channel, name in config.dynamic_activations)
         return PassResult(False, {"enabled": True, "layers": ranking})
 
 
 @torch.no_grad()
-def rank_layers(gm: torch.fx.GraphModule, samples: list[tuple], per_channel: bool) -> list[dict]:
+def rank_layers(gm: torch.fx.GraphModule, samples: list[tuple], per_channel: bool, dynamic: bool = False) -> list[dict]:
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
     from lgc.passes.quantization.annotate_xnnpack_w8a8 import xnnpack_quantizer
@@ -102,7 +104,7 @@ def rank_layers(gm: torch.fx.GraphModule, samples: list[tuple], per_channel: boo
     for node in nodes:
         # The layer and its own constants (XNNPACK's conv annotator also asks the filter about weight and bias).
         mine = {node.name} | {a.name for a in node.all_input_nodes if a.op == "get_attr"}
-        quantizer = xnnpack_quantizer(per_channel, lambda n, mine=mine: n.name in mine)
+        quantizer = xnnpack_quantizer(per_channel, lambda n, mine=mine: n.name in mine, dynamic=dynamic)
         trial = prepare_pt2e(copy.deepcopy(gm), quantizer)
         for s in samples:
             trial(*s)

@@ -89,6 +89,13 @@ class AnnotateXnnpackW8A8(Pass):
     in int8: 7.2 / 12.8 dB; ``mul`` (GEGLU gate, attention scaling) left
     fp32: 24.9 / 27.8; also ``conv_in``/``conv_out`` fp32: 26.2 / 30.4; also
     the residual ``add`` fp32: 29.4 / 32.8 (SSIM min 0.91 -> 0.96).
+    Activations of the text encoder and U-Net are then quantized dynamically
+    (``dynamic_activations``): one static scale per tensor has to cover every
+    timestep and prompt, a dynamic one only the tensor at hand. Measured with
+    the lowered artifacts in the ExecuTorch runtime (lgc build): U-Net
+    component PSNR 41.3 -> 49.5 dB, text encoder 55.9 -> 60.8 dB, end to end
+    27.6 / 31.5 -> 29.1 / 35.6 dB (min / mean), SSIM min 0.938 -> 0.962, the
+    U-Net step 4.36 -> 4.56 ms (interleaved, same run).
     Unannotated ops still run inside the delegate, in fp32.
     The observers see data only in ``calibrate_observers``.
     """

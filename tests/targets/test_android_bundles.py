@@ -109,7 +109,9 @@ def test_fusion_keeps_components_nearly_whole(bundles):
     for target in ("android-int8", "android-fp32"):
         comps = bundles[target][1]["components"]
         unet, text = comps["unet"], comps["text_encoder"]
-        assert unet["delegate_subgraphs"] <= 2 and unet["nondelegated_compute_ops"] == 0, (target, unet)
+        # Nothing outside the U-Net's delegate but, at most, a layout copy of its output.
+        assert unet["delegate_subgraphs"] <= 2, (target, unet)
+        assert set(unet["nondelegated_ops"]) <= {"dim_order_ops__to_dim_order_copy_default"}, (target, unet)
         assert text["delegate_subgraphs"] == 1 and text["nondelegated_compute_ops"] <= 2, (target, text)
         # The VAE keeps its two high-resolution upsamples outside (see upsample_as_deconv: faster so).
         assert comps["vae_decoder"]["delegate_subgraphs"] <= 3, (target, comps["vae_decoder"])

@@ -40,6 +40,17 @@ def test_the_layer_behind_the_outlier_ranks_first():
     assert abs(sum(r["mac_share"] for r in rows) - 1.0) < 1e-3 and all(r["op"] == "linear" for r in rows)
 
 
+def test_dynamic_activations_follow_a_range_that_changes_between_calls():
+    """Inputs 1000x apart in scale (as U-Net activations across timesteps): one static scale fails the small ones."""
+    g = torch.Generator().manual_seed(2)
+    net = torch.nn.Sequential(torch.nn.Linear(16, 16), torch.nn.Linear(16, 16)).eval()
+    xs = [(torch.randn(4, 16, generator=g) * scale,) for scale in (0.01, 0.1, 1.0, 10.0)]
+    gm = torch.export.export(net, xs[0]).module()
+    static = min(r["psnr_db"] for r in rank_layers(gm, xs, per_channel=True))
+    dynamic = min(r["psnr_db"] for r in rank_layers(gm, xs, per_channel=True, dynamic=True))
+    assert dynamic > static + 10, (static, dynamic)
+
+
 def test_macs_of_conv_and_linear():
     class ConvLin(torch.nn.Module):
         def __init__(self):
