@@ -27,12 +27,18 @@ def cmd_build(a) -> int:
     from lgc.compiler.build import build
     from lgc.compiler.ui import UI
 
+    if a.min_psnr is not None:
+        from lgc.targets.profiles import get_profile
+
+        if "search_mixed_precision" not in get_profile(a.target).pipeline():
+            raise UsageError(f"--min-psnr picks which layers stay out of int8; {a.target} does not quantize to int8 (try android-int8)")
     ui = UI(quiet=a.quiet)
     overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size, "schedule": a.schedule}
     report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden,
                    quality_steps=_step_counts(a.quality_vs_steps),
                    settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else [])
-                   + (["analyze_sensitivity.enabled=true"] if a.explain else []))
+                   + (["analyze_sensitivity.enabled=true"] if a.explain else [])
+                   + ([f"search_mixed_precision.min_psnr_db={a.min_psnr}"] if a.min_psnr is not None else []))
     ui.summary(report)
     return 0
 
@@ -146,6 +152,9 @@ def parser() -> argparse.ArgumentParser:
                    help="calibration prompts, one a line (default: lgc's bundled set)")
     b.add_argument("--explain", action="store_true",
                    help="rank the U-Net's conv/linear layers by the error each adds alone in int8 (report.json: sensitivity)")
+    b.add_argument("--min-psnr", type=float, default=None, metavar="DB",
+                   help="end-to-end PSNR budget: keep the fewest, most sensitive U-Net layers in fp32 until it holds "
+                        "(at most 10%% of its MACs; report.json: mixed_precision)")
     b.add_argument("--set", action="append", default=[], metavar="PASS.OPTION=VALUE",
                    help="set a pass option (VALUE in JSON), e.g. --set annotate_xnnpack_w8a8.per_channel=false; repeatable")
     b.add_argument("--quiet", action="store_true")

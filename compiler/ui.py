@@ -55,6 +55,16 @@ class UI:
             self.steps_table(report["quality_vs_steps"])
         for comp, rows in (report.get("sensitivity") or {}).items():
             self.sensitivity_table(comp, rows)
+        if report.get("mixed_precision"):
+            self.mixed_precision(report["mixed_precision"], e)
+
+    def mixed_precision(self, m: dict, e: dict) -> None:
+        verdict = "[green]met[/green]" if m["met"] else "[bold red]not met[/bold red]"
+        self.console.print(f"--min-psnr {m['budget_db']:g}: {verdict} (end-to-end PSNR min {e['psnr_db_min']:.2f} dB); "
+                           f"{len(m['fallback'])} {m['component']} layer(s) kept in fp32, "
+                           f"{100 * m['int8_mac_fraction']:.1f}% of its MACs in int8")
+        for layer in m["fallback"]:
+            self.console.print(f"  fp32: {layer}")
 
     def sensitivity_table(self, comp: str, rows: list[dict], top: int = 15) -> None:
         t = Table(title=f"{comp}: layers most sensitive to int8, alone (output PSNR; all {len(rows)} in report.json)",

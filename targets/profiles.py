@@ -27,6 +27,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "expand_as_multiply",
     # Analysis of the fp32 graphs the quantizer is about to see (--explain).
     "analyze_sensitivity",
+    # --min-psnr: which layers stay fp32, decided before the quantizer annotates.
+    "search_mixed_precision",
     # PT2E keeps its three steps apart: annotate, observe, convert.
     "annotate_xnnpack_w8a8",
     "calibrate_observers",
@@ -40,7 +42,7 @@ SHARED_PIPELINE: tuple[str, ...] = (
     # Exact data movement: quantizing it would add rounding and no speed.
     "upsample_as_deconv",
 )
-QUANTIZATION_PASSES = ("analyze_sensitivity", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
+QUANTIZATION_PASSES = ("analyze_sensitivity", "search_mixed_precision", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
 # distinct_cat_inputs and expand_as_multiply work around what XNNPACK alone lacks.
 XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")

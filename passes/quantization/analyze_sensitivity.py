@@ -21,6 +21,15 @@ def layer_name(node: torch.fx.Node) -> str:
     return ".".join(max(paths, key=len)) if paths else node.name
 
 
+def layer_nodes(node: torch.fx.Node) -> set[str]:
+    """Names a quantizer filter must accept (or reject) for one layer: the op and its own constants.
+
+    XNNPACK's conv annotator also asks the filter about the weight and bias
+    nodes; a filter that only knows the op leaves the conv silently fp32.
+    """
+    return {node.name} | {a.name for a in node.all_input_nodes if a.op == "get_attr"}
+
+
 def macs(node: torch.fx.Node) -> int:
     """Multiply-accumulates of a conv/linear node, from the shapes torch.export recorded."""
     val = lambda a: a.meta.get("val") if isinstance(a, torch.fx.Node) else None  # noqa: E731
@@ -102,8 +111,7 @@ def rank_layers(gm: torch.fx.GraphModule, samples: list[tuple], per_channel: boo
     total = sum(macs(n) for n in nodes) or 1
     rows = []
     for node in nodes:
-        # The layer and its own constants (XNNPACK's conv annotator also asks the filter about weight and bias).
-        mine = {node.name} | {a.name for a in node.all_input_nodes if a.op == "get_attr"}
+        mine = layer_nodes(node)
         quantizer = xnnpack_quantizer(per_channel, lambda n, mine=mine: n.name in mine, dynamic=dynamic)
         trial = prepare_pt2e(copy.deepcopy(gm), quantizer)
         for s in samples:

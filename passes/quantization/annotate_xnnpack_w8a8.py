@@ -136,7 +136,10 @@ class AnnotateXnnpackW8A8(Pass):
         for name, comp in state.model.components.items():
             if name not in config.components or comp.graph is None:
                 continue
-            quantizer = xnnpack_quantizer(config.per_channel, make_filter(config.operators, config.keep_float_modules),
+            allow = make_filter(config.operators, config.keep_float_modules)
+            # Layers search_mixed_precision chose to keep in fp32 (--min-psnr).
+            fallback = set(comp.meta.get("float_layers", ()))
+            quantizer = xnnpack_quantizer(config.per_channel, lambda n, allow=allow, fallback=fallback: allow(n) and n.name not in fallback,
                                           config.strict_filter, name in config.dynamic_activations)
             comp.graph = prepare_pt2e(comp.graph, quantizer)
             n_obs = sum(1 for n in comp.graph.graph.nodes if n.op == "call_module" and "activation_post_process" in str(n.target))
