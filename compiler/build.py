@@ -257,7 +257,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             a = artifacts[name]
             report["components"][name] = {
                 "file": e["file"], "bytes": e["bytes"], **figures["components"][name],
-                **{k: a[k] for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops") if k in a},
+                **{k: a[k] for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops", "io_layout_copies") if k in a},
                 "lowering_seconds": a["seconds"], "lowering_cached": a["cached"],
             }
         # Quality figures only: they are a function of the artifacts, so the manifest

@@ -82,7 +82,7 @@ def check(bundle: Path, golden_dir: Path | None = None, policy_path: Path | None
     for name, entry in manifest["components"].items():
         art = artifacts.get(name, {})
         components[name] = {"file": entry["file"], "bytes": entry["bytes"], **figures["components"][name],
-                            **{k: art[k] for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops") if k in art}}
+                            **{k: art[k] for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops", "io_layout_copies") if k in art}}
     report = {
         "target": manifest["target"],
         "model": manifest["model"]["name"],

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -11,22 +12,52 @@ import torch
 # Nodes outside the delegate that only move data between the delegate and
 # the caller (no arithmetic): they do not count as non-delegated compute.
 IO_GLUE = {"getitem", "executorch_call_delegate"}
+# Layout conversions (dim order: channels-last <-> contiguous). At the program's
+# inputs or outputs they are glue too: the delegate keeps 4-D tensors
+# channels-last and the caller hands over and gets back contiguous ones.
+LAYOUT_COPIES = ("_to_dim_order_copy", "_clone_dim_order")
 
 
-def delegation_summary(graph_module) -> dict:
+def _op_type(node) -> str:
+    """The operator key get_delegation_info uses: the node name without its numeric suffix."""
+    return re.sub(r"_[\d]+$", "", node.name)
+
+
+def io_layout_copies(graph_module, user_inputs=None) -> Counter:
+    """Layout copies outside the delegates that only convert a program input (one the caller passes) or output.
+
+    ``user_inputs``: names of the caller's inputs (the graph signature's); the
+    other placeholders are weights and constants, and a per-call layout copy
+    of a constant is waste, not glue. Without it, no input copy counts as glue.
+    """
+    found = Counter()
+    inputs = set(user_inputs or ())
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function" or not any(k in str(node.target) for k in LAYOUT_COPIES):
+            continue
+        of_input = bool(node.all_input_nodes) and all(a.op == "placeholder" and a.name in inputs for a in node.all_input_nodes)
+        if of_input or all(u.op == "output" for u in node.users):
+            found[_op_type(node)] += 1
+    return found
+
+
+def delegation_summary(graph_module, user_inputs=None) -> dict:
     """Delegate subgraphs and the compute ops left outside them, from the lowered program."""
     from executorch.devtools.backend_debug import get_delegation_info
 
     info = get_delegation_info(graph_module)
+    glue = io_layout_copies(graph_module, user_inputs)
     outside = Counter()
     for op, b in info.delegation_by_operator.items():
-        if b.non_delegated and op not in IO_GLUE:
-            outside[op] += b.non_delegated
+        n = b.non_delegated - glue.get(op, 0)
+        if n > 0 and op not in IO_GLUE:
+            outside[op] += n
     return {
         "delegate_subgraphs": info.num_delegated_subgraphs,
         "delegated_nodes": info.num_delegated_nodes,
         "nondelegated_compute_ops": sum(outside.values()),
         "nondelegated_ops": dict(sorted(outside.items())),
+        "io_layout_copies": sum(glue.values()),
     }
 
 
@@ -74,7 +105,8 @@ def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | Non
     with fixed_dynamic_conv_layout():
         edge = to_edge_transform_and_lower(ep, partitioner=[partitioner(backend, options or {})])
     t_lower = time.perf_counter() - t0 - t_export
-    summary = delegation_summary(edge.exported_program().graph_module)
+    lowered = edge.exported_program()
+    summary = delegation_summary(lowered.graph_module, lowered.graph_signature.user_inputs)
     libraries = kernel_libraries(edge.exported_program().graph_module)
     prog = edge.to_executorch()
     t_serialize = time.perf_counter() - t0 - t_export - t_lower
