@@ -25,6 +25,7 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "split_geglu_chunk",
     "distinct_cat_inputs",  # before quantization: the cat annotator then sees two inputs
     "expand_as_multiply",
+    "float_scalar_operands",
     # Analysis of the fp32 graphs the quantizer is about to see (--explain).
     "analyze_sensitivity",
     # --min-psnr: which layers stay fp32, decided before the quantizer annotates.
@@ -44,8 +45,9 @@ SHARED_PIPELINE: tuple[str, ...] = (
 )
 QUANTIZATION_PASSES = ("analyze_sensitivity", "search_mixed_precision", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
-# distinct_cat_inputs and expand_as_multiply work around what XNNPACK alone lacks.
-XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
+# distinct_cat_inputs, expand_as_multiply and float_scalar_operands avoid ops ExecuTorch's
+# XNNPACK lowering would leave outside the delegate.
+XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
 # Core ML and TVM targets: float, converted from the graphs as the fusion passes leave them.
 NON_XNNPACK_DISABLED = QUANTIZATION_PASSES + XNNPACK_FORM_PASSES
 
