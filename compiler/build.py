@@ -19,6 +19,7 @@ from lgc.compiler.pass_manager import PassManager, resolve_pipeline
 from lgc.compiler.stages import StageClock
 from lgc.passes.step_reduction.solvers import SamplerPlan
 from lgc.targets import EMITTERS, RUNNERS
+from lgc.targets.executorch.emit import DELEGATION_FIELDS
 from lgc.targets.profiles import Profile, get_profile
 
 LGC_VERSION = "0.1.0"
@@ -210,6 +211,8 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
         # Saved before anything tokenizes: a fast tokenizer that has padded or truncated keeps those
         # settings in tokenizer.json, so the file would depend on whether calibration ran or was cached.
         model.tokenizer.save_pretrained(stage / "tokenizer")
+        from lgc.runtime_harness.harness import run_bundle
+
         goldens = None
         for attempt in range(1, BUDGET_ATTEMPTS + 1):
             stages.step(f"exporting {', '.join(model.components)} at image size {model.info['image_size']}")
@@ -220,8 +223,6 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             entries, artifacts, manifest, twin = _emit_bundle(profile, model, state, stage, cache_dir, pass_reports, stages)
             stages.step("running the bundle end to end in its runtime" + (f" (through its {profile.verify_with} twin)" if twin else ""))
             goldens = goldens or _goldens_for(model, manifest["sampler"], golden_dir)
-            from lgc.runtime_harness.harness import run_bundle
-
             figures = run_bundle(stage, manifest, goldens, progress=ui.step, artifacts=twin)
             retry = _budget_retry(pass_reports, figures["end_to_end"])
             if retry is None or attempt == BUDGET_ATTEMPTS:
@@ -257,7 +258,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             a = artifacts[name]
             report["components"][name] = {
                 "file": e["file"], "bytes": e["bytes"], **figures["components"][name],
-                **{k: a[k] for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops", "io_layout_copies") if k in a},
+                **{k: a[k] for k in DELEGATION_FIELDS if k in a},
                 "lowering_seconds": a["seconds"], "lowering_cached": a["cached"],
             }
         # Quality figures only: they are a function of the artifacts, so the manifest

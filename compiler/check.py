@@ -17,6 +17,7 @@ from lgc.compiler import manifest as manifest_mod
 from lgc.compiler.bundle import verify_bundle_files
 from lgc.compiler.errors import QualityGateError, UsageError
 from lgc.runtime_harness.policy import compare_with_baseline, evaluate_policy, load_policy
+from lgc.targets.executorch.emit import DELEGATION_FIELDS
 
 
 def _goldens(manifest: dict, golden_dir: Path | None):
@@ -82,7 +83,7 @@ def check(bundle: Path, golden_dir: Path | None = None, policy_path: Path | None
     for name, entry in manifest["components"].items():
         art = artifacts.get(name, {})
         components[name] = {"file": entry["file"], "bytes": entry["bytes"], **figures["components"][name],
-                            **{k: art[k] for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops", "io_layout_copies") if k in art}}
+                            **{k: art[k] for k in DELEGATION_FIELDS if k in art}}
     report = {
         "target": manifest["target"],
         "model": manifest["model"]["name"],

@@ -72,8 +72,6 @@ class AnalyzeSensitivity(Pass):
         components: tuple = ("unet",)  # graphs to analyse
         samples: int = 12  # recorded inputs per component used to calibrate and to measure
         per_channel: bool = True  # weight scales as annotate_xnnpack_w8a8 sets them
-        # Activations quantized at run time, as annotate_xnnpack_w8a8 does for these components by default.
-        dynamic_activations: tuple = ("text_encoder", "unet")
 
         def __post_init__(self):
             if self.samples < 1:
@@ -83,8 +81,10 @@ class AnalyzeSensitivity(Pass):
         if not config.enabled:
             return PassResult(False, {"enabled": False})
         from lgc.calibration.collect import DEFAULT_PROMPTS, collect, read_prompts
+        from lgc.passes.quantization.annotate_xnnpack_w8a8 import planned_config
         from lgc.passes.quantization.calibrate_observers import stratified
 
+        dynamic = planned_config(state).dynamic_activations  # ranked in the activation mode the build quantizes with
         calib = collect(state.model, state.sampler.to_json(), read_prompts(DEFAULT_PROMPTS), [1000, 1001], state.cache_dir,
                         getattr(state, "progress_calibration", None))
         ranking = {}
@@ -96,7 +96,7 @@ class AnalyzeSensitivity(Pass):
                 samples = stratified(samples, state.sampler.num_steps, max(1, config.samples // state.sampler.num_steps + 1))
             step = max(1, len(samples) // config.samples)
             samples = samples[::step][: config.samples]
-            ranking[name] = rank_layers(comp.graph, samples, config.per_channel, name in config.dynamic_activations)
+            ranking[name] = rank_layers(comp.graph, samples, config.per_channel, name in dynamic)
         return PassResult(False, {"enabled": True, "layers": ranking})
 
 

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lgc.compiler.pass_manager import Pass, PassResult, register_pass
+from lgc.compiler.pass_manager import Pass, PassResult, make_config, register_pass
 
 aten = torch.ops.aten
 # Operator groups the XNNPACK quantizer can annotate, by the aten targets it matches.
@@ -146,3 +146,13 @@ class AnnotateXnnpackW8A8(Pass):
             if n_obs:
                 prepared[name] = n_obs
         return PassResult(bool(prepared), {"prepared": sorted(prepared), "observers": prepared})
+
+
+def planned_config(state) -> AnnotateXnnpackW8A8.Config:
+    """The options this build's annotate_xnnpack_w8a8 runs with (its defaults when the state has no profile).
+
+    Passes that quantize trial copies ahead of it (sensitivity, mixed-precision
+    search) read them here, so their trials are quantized as the build will be.
+    """
+    profile = getattr(state, "profile", None)
+    return make_config(AnnotateXnnpackW8A8, profile.options().get(AnnotateXnnpackW8A8.name, {}) if profile else {})

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import torch
 
-from lgc.compiler.pass_manager import Pass, PassResult, make_config, register_pass
+from lgc.compiler.pass_manager import Pass, PassResult, register_pass
 from lgc.passes.quantization.analyze_sensitivity import QUANTIZABLE, layer_name, layer_nodes, macs, rank_layers
 
 # Fallback sizes tried, in order (layers kept in fp32, most sensitive first).
@@ -61,12 +61,12 @@ class SearchMixedPrecision(Pass):
         if config.min_psnr_db <= 0 or comp is None or comp.graph is None:
             return PassResult(False, {"enabled": False})
         from lgc.calibration.collect import DEFAULT_PROMPTS, collect, read_prompts
-        from lgc.passes.quantization.annotate_xnnpack_w8a8 import AnnotateXnnpackW8A8, make_filter
+        from lgc.passes.quantization.annotate_xnnpack_w8a8 import make_filter, planned_config
         from lgc.passes.quantization.calibrate_observers import stratified
         from lgc.runtime_harness.harness import eager_reference
 
         t0 = time.perf_counter()
-        quant = make_config(AnnotateXnnpackW8A8, state.profile.options().get("annotate_xnnpack_w8a8", {}))
+        quant = planned_config(state)
         dynamic = config.component in quant.dynamic_activations
         allow = make_filter(quant.operators, quant.keep_float_modules)
         gm = comp.graph

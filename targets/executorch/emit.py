@@ -18,6 +18,10 @@ IO_GLUE = {"getitem", "executorch_call_delegate"}
 LAYOUT_COPIES = ("_to_dim_order_copy", "_clone_dim_order")
 
 
+# The delegation figures an emitter records, carried into report.json by lgc build and lgc check.
+DELEGATION_FIELDS = ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops", "io_layout_copies")
+
+
 def _op_type(node) -> str:
     """The operator key get_delegation_info uses: the node name without its numeric suffix."""
     return re.sub(r"_[\d]+$", "", node.name)
