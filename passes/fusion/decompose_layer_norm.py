@@ -18,7 +18,8 @@ class DecomposeLayerNorm(NodeRewritePass):
     Before: ``layer_norm(x[..., D], [D], w, b, eps)`` (left outside the XNNPACK
             delegate in executorch 1.5.1, splitting every transformer block).
     After:  ``mean(v) = linear(v, ones(1, D) / D)`` (shape [..., 1]);
-            ``d = x - mean(x)``; ``y = d * rsqrt(mean(d*d) + eps) * w + b``.
+            ``d = x - mean(x)``; ``y = d * rsqrt(mean(d*d) + eps) * w + b``,
+            eps added by the second mean's linear bias.
             XNNPACK's mean takes 4-D tensors only; an earlier form reshaped
             ``x`` to (1, rows, D, 1) for it, and the delegate transposed that
             view in and out of channels-last around every norm. The linear
@@ -40,9 +41,9 @@ class DecomposeLayerNorm(NodeRewritePass):
         D = shape[-1]
         g = gm.graph
         average = add_constant(gm, f"lgc_row_average_{D}", torch.full((1, D), 1.0 / D))
+        eps = add_constant(gm, "lgc_row_eps", torch.full((1,), float(arg(node, 4, "eps", 1e-5))))
 
-        def row_mean(v):
-            return g.call_function(aten.linear.default, (v, average))
+        def row_mean(v, plus_eps):
+            return g.call_function(aten.linear.default, (v, average, eps if plus_eps else None))
 
-        y = normalize(g, x, row_mean, arg(node, 4, "eps", 1e-5))
-        return affine(gm, y, arg(node, 2, "weight"), arg(node, 3, "bias"))
+        return affine(gm, normalize(g, x, row_mean), arg(node, 2, "weight"), arg(node, 3, "bias"))

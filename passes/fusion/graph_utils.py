@@ -48,6 +48,10 @@ def constant_of(gm: torch.fx.GraphModule, node) -> torch.Tensor | None:
 def add_constant(gm: torch.fx.GraphModule, name: str, value: torch.Tensor) -> torch.fx.Node:
     """A ``get_attr`` node for a new constant buffer named ``name`` (reused if it already holds an equal tensor)."""
     name = name.replace(".", "_")
+    # Detached: a constant derived from a parameter (a reshaped norm weight)
+    # would otherwise be a non-leaf autograd tensor, which ExecuTorch cannot
+    # deepcopy once the constant is handed to a delegate.
+    value = value.detach()
     existing = getattr(gm, name, None)
     if not (isinstance(existing, torch.Tensor) and existing.shape == value.shape and torch.equal(existing, value)):
         base, i = name, 0

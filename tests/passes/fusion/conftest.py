@@ -30,14 +30,20 @@ def run_pass(cls, module, *inputs, name="unet", **config):
 
 
 def lower_and_count(gm, inputs) -> dict:
-    """Delegation figures when ``gm`` is lowered to XNNPACK (the point of the fusion passes)."""
+    """Delegation figures when ``gm`` is lowered to XNNPACK (the point of the fusion passes).
+
+    ``xnnpack_ops`` counts the XNNPACK operators inside the delegates (layout
+    transposes included), read back from the serialized program.
+    """
     from lgc.targets.executorch.emit import delegation_summary
+    from lgc.targets.executorch.xnnpack_graph import delegate_ops
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     ep = torch.export.export(gm, inputs)
     edge = to_edge_transform_and_lower(ep, partitioner=[XnnpackPartitioner()])
-    return delegation_summary(edge.exported_program().graph_module)
+    summary = delegation_summary(edge.exported_program().graph_module)
+    return {**summary, "xnnpack_ops": delegate_ops(edge.to_executorch().buffer)}
 
 
 def delegation_before_after(cls, module, *inputs, name="unet"):
