@@ -34,6 +34,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "annotate_xnnpack_w8a8",
     "calibrate_observers",
     "convert_pt2e",
+    # After convert, which creates the dynamic quantize chains it duplicates.
+    "unshare_dynamic_quantization",
     # Weight-only: embeddings are outside XNNPACK, so the PT2E flow leaves them fp32.
     "quantize_embedding_weights",
     # Normalisations are decomposed after quantization: the quantizer would
@@ -43,7 +45,7 @@ SHARED_PIPELINE: tuple[str, ...] = (
     # Exact data movement: quantizing it would add rounding and no speed.
     "upsample_as_deconv",
 )
-QUANTIZATION_PASSES = ("analyze_sensitivity", "search_mixed_precision", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "quantize_embedding_weights")
+QUANTIZATION_PASSES = ("analyze_sensitivity", "search_mixed_precision", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "unshare_dynamic_quantization", "quantize_embedding_weights")
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
 # distinct_cat_inputs, expand_as_multiply and float_scalar_operands avoid ops ExecuTorch's
 # XNNPACK lowering would leave outside the delegate.
