@@ -20,8 +20,9 @@ from pathlib import Path
 
 import torch
 
-# Bumped when what an entry records changes (3: delegation summaries count layout copies of program inputs and outputs as glue).
-CACHE_VERSION = 3
+# Bumped when what an entry records or how it is lowered changes (3: delegation summaries count layout copies of
+# program inputs and outputs as glue; 4: XNNPACK constants named by 16 hex digits, see short_named_keys).
+CACHE_VERSION = 4
 TOOLCHAIN = ("torch", "executorch", "coremltools")
 
 

@@ -105,8 +105,9 @@ def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | Non
     ep = torch.export.export(component.graph, component.example_inputs, strict=False)
     t_export = time.perf_counter() - t0
     from lgc.targets.executorch.dynamic_conv_layout import fixed_dynamic_conv_layout
+    from lgc.targets.executorch.short_named_keys import short_named_keys
 
-    with fixed_dynamic_conv_layout():
+    with fixed_dynamic_conv_layout(), short_named_keys():
         edge = to_edge_transform_and_lower(ep, partitioner=[partitioner(backend, options or {})])
     t_lower = time.perf_counter() - t0 - t_export
     lowered = edge.exported_program()

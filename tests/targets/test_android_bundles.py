@@ -65,14 +65,15 @@ def test_report_has_the_promised_fields(bundles, target):
 
 
 # The spine issue's bars: 25 dB / 0.90 end to end, int8 <= 0.30x fp32 bytes.
-# Measured on the reference model (README, "Measured figures"): 27.6 dB /
-# 0.938 and 0.315x. PSNR is held at the bar; SSIM 0.01 under it, because
-# XNNPACK picks different kernels on other x86 CPUs; the size guard sits
-# just above what is reached today (the rest of the gap to 0.30x is graph
-# description and per-channel scales, not weights: see the issue notes).
+# Measured on the reference model (README, "Measured figures"): 28.7 dB /
+# 0.964 and 0.294x. PSNR is held at the bar; SSIM 0.01 under it, because
+# XNNPACK picks different kernels on other x86 CPUs. The size bar is the
+# issue's: what int8 leaves besides weights (per-channel scales, the graph
+# description, constants' names) is what short_named_keys and the norm
+# rewrites trimmed to get under it.
 INT8_E2E_PSNR_MIN_DB = 25.0
 INT8_E2E_SSIM_MIN = 0.89
-INT8_TO_FP32_BYTES_MAX = 0.325
+INT8_TO_FP32_BYTES_MAX = 0.30
 
 
 def test_int8_quality_against_fp16_goldens(bundles):
@@ -110,7 +111,8 @@ def test_fusion_keeps_components_nearly_whole(bundles):
     for target in ("android-int8", "android-fp32"):
         comps = bundles[target][1]["components"]
         unet, text = comps["unet"], comps["text_encoder"]
-        assert unet["delegate_subgraphs"] <= 2 and unet["nondelegated_compute_ops"] == 0, (target, unet)
+        # One delegate for int8 too since unshare_dynamic_quantization (the K/V projections were a second one).
+        assert unet["delegate_subgraphs"] == 1 and unet["nondelegated_compute_ops"] == 0, (target, unet)
         assert text["delegate_subgraphs"] == 1 and text["nondelegated_compute_ops"] <= 2, (target, text)
         # The VAE keeps its two high-resolution upsamples outside (see upsample_as_deconv: faster so).
         vae = comps["vae_decoder"]
