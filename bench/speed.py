@@ -99,6 +99,8 @@ def bench_reference(args) -> dict:
     from lgc.compiler.model_import import load_pipeline
     from lgc.runtime_harness.runners import open_runner
 
+    from lgc.targets.executorch.xnnpack_graph import delegate_ops
+
     bundles = ensure_bundles(Path(args.bundles), args.model_path)
     manifests = {t: manifest_mod.load(f) for t, f in bundles.items()}
     reports = {t: json.loads((f / "report.json").read_text()) for t, f in bundles.items()}
@@ -123,7 +125,9 @@ def bench_reference(args) -> dict:
                 "latency_ms_median": {k: round(v, 3) for k, v in ms.items()},
                 "ratio_to_ort_fp32": {k: round(v / ort, 3) for k, v in ms.items()},
                 "onnxsim": simplified,
-                "delegation": {t: {k: reports[t]["components"][name].get(k) for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops")}
+                "delegation": {t: {**{k: reports[t]["components"][name].get(k) for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops")},
+                                   # layout work XNNPACK does inside the delegate, read from the .pte itself
+                                   "delegate_transposes": delegate_ops((bundles[t] / manifests[t]["components"][name]["file"]).read_bytes())["StaticTranspose"]}
                                for t in bundles if t.startswith("android-")},
             }
     return results
@@ -145,13 +149,14 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     t = Table(title=f"speed, {args.model} (median ms; x = ratio to ONNX Runtime fp32)", title_justify="left")
-    for col in ("component", "eager fp32", "ORT fp32", "lgc fp32", "lgc int8", "lgc TVM untuned", "delegates fp32/int8", "ops outside fp32/int8"):
+    for col in ("component", "eager fp32", "ORT fp32", "lgc fp32", "lgc int8", "lgc TVM untuned", "delegates fp32/int8", "ops outside fp32/int8", "transposes in delegates fp32/int8"):
         t.add_column(col, justify="left" if col == "component" else "right")
     for name, r in results["components"].items():
         ms, x, d = r["latency_ms_median"], r["ratio_to_ort_fp32"], r["delegation"]
         t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8", "lgc_tvm_untuned")),
                   f"{d['android-fp32']['delegate_subgraphs']}/{d['android-int8']['delegate_subgraphs']}",
-                  f"{d['android-fp32']['nondelegated_compute_ops']}/{d['android-int8']['nondelegated_compute_ops']}")
+                  f"{d['android-fp32']['nondelegated_compute_ops']}/{d['android-int8']['nondelegated_compute_ops']}",
+                  f"{d['android-fp32']['delegate_transposes']}/{d['android-int8']['delegate_transposes']}")
     Console(width=160).print(t)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
