@@ -62,9 +62,15 @@ class UI:
         verdict = "[green]met[/green]" if m["met"] else "[bold red]not met[/bold red]"
         self.console.print(f"--min-psnr {m['budget_db']:g}: {verdict} (end-to-end PSNR min {e['psnr_db_min']:.2f} dB); "
                            f"{len(m['fallback'])} {m['component']} layer(s) kept in fp32, "
-                           f"{100 * m['int8_mac_fraction']:.1f}% of its MACs in int8")
+                           f"{100 * m['int8_mac_fraction']:.1f}% of its MACs in int8, {m.get('activations', 'dynamic')} activations")
         for layer in m["fallback"]:
             self.console.print(f"  fp32: {layer}")
+        strategies = m.get("strategies") or {}
+        if len(strategies) > 1:  # --set search_mixed_precision.strategy=inc: INC's choice beside lgc's own
+            for name, c in strategies.items():
+                chosen = "nothing met the budget" if c["psnr_db_min"] is None else \
+                    f"{c['float_layers']} fp32 layer(s), {c['activations']} activations, {c['psnr_db_min']:.2f} dB on the search cases"
+                self.console.print(f"  strategy {name}{' (used)' if name == m.get('strategy') else ''}: {chosen}, {c['trials']} trial(s)")
 
     def sensitivity_table(self, comp: str, rows: list[dict], top: int = 15) -> None:
         t = Table(title=f"{comp}: layers most sensitive to int8, alone (output PSNR; all {len(rows)} in report.json)",

@@ -139,8 +139,10 @@ class AnnotateXnnpackW8A8(Pass):
             allow = make_filter(config.operators, config.keep_float_modules)
             # Layers search_mixed_precision chose to keep in fp32 (--min-psnr).
             fallback = set(comp.meta.get("float_layers", ()))
+            # The activation mode: this pass's option, unless search_mixed_precision's INC strategy chose the other.
+            mode = comp.meta.get("activation_mode", "dynamic" if name in config.dynamic_activations else "static")
             quantizer = xnnpack_quantizer(config.per_channel, lambda n, allow=allow, fallback=fallback: allow(n) and n.name not in fallback,
-                                          config.strict_filter, name in config.dynamic_activations)
+                                          config.strict_filter, mode == "dynamic")
             comp.graph = prepare_pt2e(comp.graph, quantizer)
             n_obs = sum(1 for n in comp.graph.graph.nodes if n.op == "call_module" and "activation_post_process" in str(n.target))
             if n_obs:

@@ -13,6 +13,7 @@ from lgc.passes.quantization.analyze_sensitivity import QUANTIZABLE, layer_name,
 
 # Fallback sizes tried, in order (layers kept in fp32, most sensitive first).
 FALLBACK_SIZES = (0, 1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64)
+STRATEGIES = ("lgc", "inc")
 
 
 @register_pass
@@ -33,6 +34,12 @@ class SearchMixedPrecision(Pass):
     the report says so. The harness then measures the lowered bundle against
     the goldens, and the build report says whether the budget held there.
     With ``min_psnr_db = 0`` (the default) the pass does nothing.
+    ``strategy="inc"`` hands the search to Intel Neural Compressor's
+    autotune (``inc_autotune``), over fallback size x activation mode
+    (dynamic, static) with the same end-to-end measure; lgc's own ordered
+    search runs beside it on the same (shared) trials, and the details
+    compare the two choices. A static choice is passed on to
+    ``annotate_xnnpack_w8a8`` through ``meta["activation_mode"]``.
     """
 
     name = "search_mixed_precision"
@@ -49,12 +56,18 @@ class SearchMixedPrecision(Pass):
         # Smallest fallback tried. lgc build raises it when the lowered bundle misses the budget
         # on the goldens although the search's own cases met it.
         min_fallback: int = 0
+        # "lgc": the fallback sizes in order, in the build's activation mode. "inc": Intel Neural
+        # Compressor's autotune over fallback size x activation mode (dynamic, static), evaluated by
+        # the same end-to-end measure; lgc's own choice is reported beside it for comparison.
+        strategy: str = "lgc"
 
         def __post_init__(self):
             if self.min_psnr_db < 0 or not 0 <= self.max_float_mac_share < 1 or min(self.prompts, self.ranking_samples) < 1 \
                     or self.min_fallback < 0:
                 raise ValueError("needs min_psnr_db >= 0, 0 <= max_float_mac_share < 1, prompts and ranking_samples >= 1, "
                                  "min_fallback >= 0")
+            if self.strategy not in STRATEGIES:
+                raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)}, got {self.strategy!r}")
 
     def run(self, state, config: Config) -> PassResult:
         comp = state.model.components.get(config.component)
@@ -82,7 +95,7 @@ class SearchMixedPrecision(Pass):
         ranking = [r for r in _ranking(gm, samples, quant.per_channel, dynamic, calib.key, state.cache_dir)
                    if r["layer"] not in always_float]
         # Static activations need ranges from calibration data; dynamic ones only the weights' (one call).
-        observe = samples if dynamic else stratified(calib.inputs[config.component], state.sampler.num_steps, 2)
+        observe = {True: samples, False: stratified(calib.inputs[config.component], state.sampler.num_steps, 2)}
         cases = eager_reference(state.model, sampler, read_prompts(DEFAULT_PROMPTS)[: config.prompts], [config.seed], [])
 
         def int8_fraction(fallback: list[str]) -> float:
@@ -92,32 +105,78 @@ class SearchMixedPrecision(Pass):
         def allowed(k: int) -> bool:
             return k <= len(ranking) and sum(macs(layers[r["layer"]]) for r in ranking[:k]) / total <= config.max_float_mac_share
 
-        trials, best = [], None
+        sizes = []
         for k in (k for k in FALLBACK_SIZES if k >= config.min_fallback):
             if not allowed(k):
                 break
-            fallback = [r["layer"] for r in ranking[:k]]
-            keep = set().union(*(layer_nodes(layers[name]) for name in fallback))
-            e2e = _simulated_end_to_end(state, config.component, gm, quant, allow, keep, dynamic, observe, cases)
-            trials.append({"float_layers": k, **e2e, "int8_mac_fraction": round(int8_fraction(fallback), 4)})
-            if best is None or e2e["psnr_db_min"] > best[1]["psnr_db_min"]:
-                best = (fallback, e2e)
-            if e2e["psnr_db_min"] >= config.min_psnr_db:
-                best = (fallback, e2e)
-                break
-        if best is None:  # min_fallback beyond what the MAC limit allows: the largest allowed fallback
+            sizes.append(k)
+
+        def quantized(model, k: int, dyn: bool):
+            keep = set().union(*(layer_nodes(layers[r["layer"]]) for r in ranking[:k]))
+            return _quantized_trial(model, quant, lambda n: allow(n) and n.name not in keep, dyn, observe[dyn])
+
+        measured = {}
+
+        def trial(k: int, dyn: bool, model=None) -> dict:
+            """End-to-end figures with the top ``k`` layers fp32 (memoised: the strategies share trials)."""
+            if (k, dyn) not in measured:
+                q = model if model is not None else quantized(gm, k, dyn)
+                e2e = _end_to_end(state, config.component, q, cases)
+                measured[k, dyn] = {"float_layers": k, "dynamic": dyn, **e2e,
+                                    "int8_mac_fraction": round(int8_fraction([r["layer"] for r in ranking[:k]]), 4)}
+            return measured[k, dyn]
+
+        choices = {"lgc": _ordered_search(sizes, dynamic, trial, config.min_psnr_db)}
+        if config.strategy == "inc":
+            from lgc.passes.quantization.inc_autotune import autotune_fallback
+
+            t_inc = time.perf_counter()
+            inc = autotune_fallback(gm, sizes, [dynamic, not dynamic], quantized,
+                                    lambda q: trial(q.lgc_point[0], q.lgc_point[1], q), config.min_psnr_db)
+            chosen = inc["chosen"]
+            if chosen is None:  # nothing met the budget: INC returns no model; keep its best trial
+                best = max(inc["trials"], key=lambda t: t["psnr_db_min"], default=None)
+                chosen = {"float_layers": best["float_layers"], "dynamic": best["dynamic"]} if best else None
+            choices["inc"] = {"choice": trial(chosen["float_layers"], chosen["dynamic"]) if chosen else None,
+                              "trials": [trial(t["float_layers"], t["dynamic"]) for t in inc["trials"]],
+                              "seconds": round(time.perf_counter() - t_inc, 1)}
+        picked = choices[config.strategy]["choice"]
+        if picked is None:  # min_fallback beyond what the MAC limit allows: the largest allowed fallback
             k = max(k for k in FALLBACK_SIZES if allowed(k))
-            best = ([r["layer"] for r in ranking[:k]], None)
-        fallback, e2e = best
+            picked = {"float_layers": k, "dynamic": dynamic, "psnr_db_min": None}
+        fallback = [r["layer"] for r in ranking[: picked["float_layers"]]]
         later = [k for k in FALLBACK_SIZES if k > len(fallback) and allowed(k)]
         comp.meta["float_layers"] = sorted(set().union(*(layer_nodes(layers[name]) for name in fallback)))
-        return PassResult(bool(fallback), {
-            "enabled": True, "budget_db": config.min_psnr_db, "component": config.component,
-            "fallback": fallback, "int8_mac_fraction": round(int8_fraction(fallback), 4),
-            "met_on_search_cases": e2e is not None and e2e["psnr_db_min"] >= config.min_psnr_db,
-            "next_fallback": later[0] if later else None,
+        if picked["dynamic"] != dynamic:  # INC chose the other activation mode: annotate_xnnpack_w8a8 follows
+            comp.meta["activation_mode"] = "dynamic" if picked["dynamic"] else "static"
+        met = picked["psnr_db_min"] is not None and picked["psnr_db_min"] >= config.min_psnr_db
+        return PassResult(bool(fallback) or picked["dynamic"] != dynamic, {
+            "enabled": True, "budget_db": config.min_psnr_db, "component": config.component, "strategy": config.strategy,
+            "fallback": fallback, "activations": "dynamic" if picked["dynamic"] else "static",
+            "int8_mac_fraction": round(int8_fraction(fallback), 4),
+            "met_on_search_cases": met, "next_fallback": later[0] if later else None,
             "search_cases": f"{len(cases.cases)} held-out calibration prompts, seed {config.seed}, simulated int8 {config.component}, fp32 elsewhere",
-            "trials": trials, "seconds": round(time.perf_counter() - t0, 1)})
+            "trials": choices[config.strategy]["trials"],
+            "strategies": {name: {"float_layers": c["choice"]["float_layers"] if c["choice"] else None,
+                                  "activations": ("dynamic" if c["choice"]["dynamic"] else "static") if c["choice"] else None,
+                                  "psnr_db_min": c["choice"]["psnr_db_min"] if c["choice"] else None,
+                                  "trials": len(c["trials"]), **({"seconds": c["seconds"]} if "seconds" in c else {})}
+                           for name, c in choices.items()},
+            "seconds": round(time.perf_counter() - t0, 1)})
+
+
+def _ordered_search(sizes: list[int], dynamic: bool, trial, budget_db: float) -> dict:
+    """lgc's strategy: the sizes in order, in the build's activation mode; the first that meets the budget, else the best."""
+    trials, best = [], None
+    for k in sizes:
+        t = trial(k, dynamic)
+        trials.append(t)
+        if best is None or t["psnr_db_min"] > best["psnr_db_min"]:
+            best = t
+        if t["psnr_db_min"] >= budget_db:
+            best = t
+            break
+    return {"choice": best, "trials": trials}
 
 
 def _ranking(gm, samples, per_channel: bool, dynamic: bool, calib_key: str, cache_dir) -> list[dict]:
@@ -142,23 +201,29 @@ def _ranking(gm, samples, per_channel: bool, dynamic: bool, calib_key: str, cach
     return rows
 
 
-@torch.no_grad()
-def _simulated_end_to_end(state, name, gm, quant, allow, keep, dynamic, observe, cases) -> dict:
-    """End-to-end PSNR of the pipeline with ``name`` PT2E-quantized (``keep`` nodes left fp32), the rest fp32 eager."""
+def _quantized_trial(gm, quant, allow, dynamic: bool, observe):
+    """A copy of ``gm`` PT2E-quantized as the build would (ops ``allow`` rejects left fp32), observed on ``observe``."""
     from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
 
-    from lgc.calibration.collect import guidance_embedding
     from lgc.passes.quantization.annotate_xnnpack_w8a8 import xnnpack_quantizer
+
+    trial = prepare_pt2e(copy.deepcopy(gm), xnnpack_quantizer(quant.per_channel, allow, quant.strict_filter, dynamic))
+    with torch.no_grad():
+        for args in observe:
+            trial(*args)
+    return convert_pt2e(trial)
+
+
+@torch.no_grad()
+def _end_to_end(state, name, module, cases) -> dict:
+    """End-to-end PSNR of the pipeline with ``module`` as component ``name``, the rest fp32 eager."""
+    from lgc.calibration.collect import guidance_embedding
     from lgc.runtime_harness.harness import evaluate
     from lgc.runtime_harness.runners import EagerRunner
 
-    quantizer = xnnpack_quantizer(quant.per_channel, lambda n: allow(n) and n.name not in keep, quant.strict_filter, dynamic)
-    trial = prepare_pt2e(copy.deepcopy(gm), quantizer)
-    for args in observe:
-        trial(*args)
     model = state.model
     fns = {n: EagerRunner(c.module) for n, c in model.components.items()}
-    fns[name] = EagerRunner(convert_pt2e(trial))
+    fns[name] = EagerRunner(module)
     tcond = guidance_embedding(state.sampler.guidance_scale, model.info["guidance_embedding_dim"])
     loop = {"tokenizer": {"max_length": model.info["text_max_length"]}, "sampler": state.sampler.to_json(),
             "guidance": {"mode": "cfg_batch" if model.info["cfg_batch"] else ("embedding" if tcond is not None else "none"),

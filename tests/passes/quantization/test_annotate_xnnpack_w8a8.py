@@ -67,9 +67,11 @@ def test_dynamic_activations_are_quantized_from_their_own_range_at_run_time():
         def forward(self, x):
             return self.lin(torch.nn.functional.silu(self.conv(x)).mean(dim=(2, 3)))
 
-    def converted(dynamic: tuple):
+    def converted(dynamic: tuple, mode=None):
         x = torch.randn(1, 4, 8, 8)
         comp = Component("unet", Block(), (x,), ["x"], ["y"], "Block", graph=torch.export.export(Block(), (x,)).module())
+        if mode:  # what search_mixed_precision's INC strategy sets when it picks the other activation mode
+            comp.meta["activation_mode"] = mode
         state = SimpleNamespace(model=SimpleNamespace(components={"unet": comp}))
         AnnotateXnnpackW8A8().run(state, AnnotateXnnpackW8A8.Config(components=("unet",), keep_float_modules=(),
                                                                    dynamic_activations=dynamic))
@@ -81,6 +83,8 @@ def test_dynamic_activations_are_quantized_from_their_own_range_at_run_time():
     static, _ = converted(())
     chooses = lambda gm: sum("choose_qparams" in str(n.target) for n in gm.graph.nodes)  # noqa: E731
     assert chooses(dyn) == 2 and chooses(static) == 0  # conv and linear inputs
+    # A component's own activation_mode overrides the option, either way.
+    assert chooses(converted(("unet",), "static")[0]) == 0 and chooses(converted((), "dynamic")[0]) == 2
     # Numerically still the block: int8 weights and activations, within int8 rounding of fp32.
     ref = Block()(x)
     assert torch.allclose(dyn(x), ref, atol=0.05 * float(ref.abs().max()))

@@ -98,3 +98,36 @@ def test_min_psnr_flag_reaches_the_pass_and_float_targets_refuse_it(tmp_path):
     assert planned["search_mixed_precision"].min_psnr_db == 30
     assert main(["build", "--target", "android-fp32", "--min-psnr", "30", "--out", str(tmp_path)]) == 2
     assert not (tmp_path / "android-fp32").exists()
+
+
+def test_inc_strategy_runs_neural_compressor_autotune_beside_lgcs_own_search(tiny_state):
+    from neural_compressor.torch.utils.utility import algos_mapping
+
+    state = tiny_state()
+    res = SearchMixedPrecision().run(state, SearchMixedPrecision.Config(min_psnr_db=1.0, strategy="inc", **FAST))
+    d = res.details
+    assert "lgc_xnnpack_w8a8" in algos_mapping  # lgc's quantization is registered as an INC algorithm
+    assert d["strategy"] == "inc" and set(d["strategies"]) == {"lgc", "inc"}
+    # INC's first point (no fallback, the build's dynamic activations) meets a 1 dB budget; it stops there.
+    assert [(t["float_layers"], t["dynamic"]) for t in d["trials"]] == [(0, True)]
+    assert d["fallback"] == [] and d["activations"] == "dynamic" and d["met_on_search_cases"]
+    assert d["strategies"]["inc"]["psnr_db_min"] == d["strategies"]["lgc"]["psnr_db_min"] > 1.0
+
+
+def test_inc_strategy_without_a_reachable_budget_keeps_its_best_trial(tiny_state):
+    state = tiny_state()
+    res = SearchMixedPrecision().run(state, SearchMixedPrecision.Config(min_psnr_db=200.0, max_float_mac_share=0.2,
+                                                                        strategy="inc", **FAST))
+    d = res.details
+    points = {(t["float_layers"], t["dynamic"]) for t in d["trials"]}
+    sizes = {t["float_layers"] for t in d["trials"]}
+    assert points == {(k, dyn) for k in sizes for dyn in (True, False)}  # INC tried the whole space: sizes x modes
+    best = max(d["trials"], key=lambda t: t["psnr_db_min"])
+    assert not d["met_on_search_cases"] and d["strategies"]["inc"]["psnr_db_min"] == best["psnr_db_min"]
+    assert len(d["fallback"]) == best["float_layers"] and d["activations"] == ("dynamic" if best["dynamic"] else "static")
+    assert state.model.components["unet"].meta.get("activation_mode", "dynamic") == d["activations"]
+
+
+def test_unknown_strategy_is_refused():
+    with pytest.raises(ValueError, match="strategy"):
+        SearchMixedPrecision.Config(strategy="random")
