@@ -21,8 +21,9 @@ from pathlib import Path
 import torch
 
 # Bumped when what an entry records or how it is lowered changes (3: delegation summaries count layout copies of
-# program inputs and outputs as glue; 4: XNNPACK constants named by 16 hex digits, see short_named_keys).
-CACHE_VERSION = 4
+# program inputs and outputs as glue; 4: XNNPACK constants named by 16 hex digits, see short_named_keys;
+# 5: a dynamically quantized conv's NHWC copy feeds only its own quantize chain, see dynamic_conv_layout).
+CACHE_VERSION = 5
 TOOLCHAIN = ("torch", "executorch", "coremltools")
 
 

@@ -26,6 +26,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "distinct_cat_inputs",  # before quantization: the cat annotator then sees two inputs
     "expand_as_multiply",
     "float_scalar_operands",
+    # A quantization recipe that rewrites the graph: before anything ranks or annotates its layers.
+    "split_concat_conv",
     # Analysis of the fp32 graphs the quantizer is about to see (--explain).
     "analyze_sensitivity",
     # --min-psnr: which layers stay fp32, decided before the quantizer annotates.
@@ -45,7 +47,7 @@ SHARED_PIPELINE: tuple[str, ...] = (
     # Exact data movement: quantizing it would add rounding and no speed.
     "upsample_as_deconv",
 )
-QUANTIZATION_PASSES = ("analyze_sensitivity", "search_mixed_precision", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "unshare_dynamic_quantization", "quantize_embedding_weights")
+QUANTIZATION_PASSES = ("split_concat_conv", "analyze_sensitivity", "search_mixed_precision", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "unshare_dynamic_quantization", "quantize_embedding_weights")
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
 # distinct_cat_inputs, expand_as_multiply and float_scalar_operands avoid ops ExecuTorch's
 # XNNPACK lowering would leave outside the delegate.

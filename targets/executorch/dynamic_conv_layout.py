@@ -10,8 +10,16 @@ straight after a graph input, where the two coincide; in a U-Net the walk
 lands on a 3-D attention tensor and lowering fails ("required rank 4 tensor
 to use channels_last format"), and where it lands on another 4-D tensor the
 program lowers and silently computes garbage (tests/targets/
-test_dynamic_conv_layout.py shows both). Same code on executorch main (2026-08). The fix stops the walk at the
+test_dynamic_conv_layout.py shows both). Same code on executorch main (2026-08). Fix 1 stops the walk at the
 quantize node's input, the tensor the chain actually quantizes.
+
+Having made an NHWC copy of that tensor, upstream then hands the copy to
+*every* user of the tensor (``replace_all_uses_with``), including users the
+pass has already visited and laid out for NCHW; in a U-Net whose skip
+concatenation is split (``split_concat_conv``) the program then fails at
+run time ("Propagating input shapes failed"). Fix 2 redirects only the
+chain's own quantize and choose_qparams nodes, and a second chain on the
+same tensor reuses the copy.
 
 ``fixed_dynamic_conv_layout()`` swaps in the corrected method for the
 duration of one lowering; only graphs with dynamically quantized inputs take
@@ -32,6 +40,19 @@ def _dynamic_source(node: torch.fx.Node) -> torch.fx.Node:
     while (is_dequant(node) or is_quant(node)) and isinstance(node.args[0], torch.fx.Node):
         node = node.args[0]
     return node
+
+
+def _chain_nodes(dq: torch.fx.Node) -> set:
+    """The nodes of a dynamic ``choose_qparams -> quantize -> dequantize`` chain, ending at ``dq``, without its source."""
+    source = _dynamic_source(dq)
+    chain, todo = set(), [dq]
+    while todo:
+        node = todo.pop()
+        if node is source or node in chain:
+            continue
+        chain.add(node)
+        todo.extend(n for n in node.all_input_nodes if n is not source and n.op == "call_function")
+    return chain
 
 
 def _input_to_nhwc(self, graph_module, input_node, target_node) -> None:
@@ -59,16 +80,25 @@ def _input_to_nhwc(self, graph_module, input_node, target_node) -> None:
         input_node_nhwc = input_node.meta[P.PARTNER_NODE]
     else:
         is_dynamic_input = is_dynamic_qdq(input_node)
+        chain = set()
         if is_dynamic_input:
-            input_node = _dynamic_source(input_node)  # the fix: upstream walks args[0] to the graph input
-        with graph_module.graph.inserting_after(input_node):
-            input_node_nhwc = self.create_call_function_node(
-                graph_module=graph_module, target=exir_ops.edge.aten._to_copy.default,
-                args=(input_node,), memory_format=torch.channels_last)
-            P.mark_as_nhwc_node(input_node_nhwc)
+            chain = _chain_nodes(input_node)
+            input_node = _dynamic_source(input_node)  # fix 1: upstream walks args[0] to the graph input
+        partner = input_node.meta.get(P.PARTNER_NODE) if is_dynamic_input else None
+        if partner is not None and P.is_nhwc_node(partner):
+            input_node_nhwc = partner  # another chain on the same tensor already made its NHWC copy
+        else:
+            with graph_module.graph.inserting_after(input_node):
+                input_node_nhwc = self.create_call_function_node(
+                    graph_module=graph_module, target=exir_ops.edge.aten._to_copy.default,
+                    args=(input_node,), memory_format=torch.channels_last)
+                P.mark_as_nhwc_node(input_node_nhwc)
         if is_dynamic_input:
-            input_node.replace_all_uses_with(input_node_nhwc)
-            input_node_nhwc.args = (input_node,)
+            # fix 2: only this chain reads the NHWC copy. Upstream redirects every user of the
+            # tensor, including ops the pass already laid out for NCHW (see the module docstring).
+            for user in list(input_node.users):
+                if user in chain:
+                    user.replace_input_with(input_node, input_node_nhwc)
     self.insert_copy_and_assign_partner_nodes_quantization_sensitive(
         graph_module=graph_module, original_input=input_node, copy_node=input_node_nhwc, target_node=target_node)
 
