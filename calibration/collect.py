@@ -76,6 +76,19 @@ def guidance_embedding(guidance_scale: float, dim: int | None) -> torch.Tensor |
     return emb
 
 
+def guidance_plan(info: dict, guidance_scale: float) -> dict:
+    """How guidance is applied to the U-Net: the manifest's ``guidance`` block, which the harness follows.
+
+    ``cfg_batch``: classifier-free guidance, the U-Net batch is [uncond, cond];
+    ``embedding``: an LCM-style U-Net takes the guidance scale as an embedding
+    (``timestep_cond``); ``none``: neither.
+    """
+    tcond = guidance_embedding(guidance_scale, info["guidance_embedding_dim"])
+    return {"mode": "cfg_batch" if info["cfg_batch"] else ("embedding" if tcond is not None else "none"),
+            "scale": guidance_scale,
+            "timestep_cond": tcond[0].tolist() if tcond is not None else None}
+
+
 @torch.no_grad()
 def collect(model, sampler: dict, prompts: list[str], seeds: list[int], cache_dir: Path | None, progress=None) -> CalibrationSet:
     info = model.info

@@ -63,9 +63,8 @@ def build_manifest(profile: Profile, model: ImportedModel, state: BuildState, en
     tok = model.tokenizer
     info = model.info
     size = info["image_size"]
-    from lgc.calibration.collect import guidance_embedding
+    from lgc.calibration.collect import guidance_plan
 
-    tcond = guidance_embedding(profile.guidance_scale, info["guidance_embedding_dim"])
     return {
         "schema_version": manifest_mod.SCHEMA_VERSION,
         "lgc_version": LGC_VERSION,
@@ -78,9 +77,7 @@ def build_manifest(profile: Profile, model: ImportedModel, state: BuildState, en
         "tokenizer": {"folder": "tokenizer", "max_length": info["text_max_length"], "bos_id": tok.bos_token_id,
                       "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "uncond_prompt": ""},
         "guidance": {
-            "mode": "cfg_batch" if info["cfg_batch"] else ("embedding" if tcond is not None else "none"),
-            "scale": profile.guidance_scale,
-            "timestep_cond": tcond[0].tolist() if tcond is not None else None,
+            **guidance_plan(info, profile.guidance_scale),
             "note": "cfg_batch: unet batch = [uncond, cond]; eps = uncond + scale * (cond - uncond)",
         },
         "sampler": state.sampler.to_json(),

@@ -217,16 +217,15 @@ def _quantized_trial(gm, quant, allow, dynamic: bool, observe):
 @torch.no_grad()
 def _end_to_end(state, name, module, cases) -> dict:
     """End-to-end PSNR of the pipeline with ``module`` as component ``name``, the rest fp32 eager."""
-    from lgc.calibration.collect import guidance_embedding
+    from lgc.calibration.collect import guidance_plan
     from lgc.runtime_harness.harness import evaluate
     from lgc.runtime_harness.runners import EagerRunner
 
     model = state.model
     fns = {n: EagerRunner(c.module) for n, c in model.components.items()}
     fns[name] = EagerRunner(module)
-    tcond = guidance_embedding(state.sampler.guidance_scale, model.info["guidance_embedding_dim"])
+    # The parts of a manifest the harness loop reads, as build_manifest writes them.
     loop = {"tokenizer": {"max_length": model.info["text_max_length"]}, "sampler": state.sampler.to_json(),
-            "guidance": {"mode": "cfg_batch" if model.info["cfg_batch"] else ("embedding" if tcond is not None else "none"),
-                         "timestep_cond": tcond[0].tolist() if tcond is not None else None}}
+            "guidance": guidance_plan(model.info, state.sampler.guidance_scale)}
     e2e = evaluate(fns, loop, model.tokenizer, cases, repeats=1)["end_to_end"]
     return {k: e2e[k] for k in ("psnr_db_min", "psnr_db_mean", "ssim_min")}
