@@ -20,9 +20,8 @@ from pathlib import Path
 
 import torch
 
-# Bumped when what an entry records or how it is lowered changes (3: delegation summaries count layout copies of
-# program inputs and outputs as glue; 4: XNNPACK constants named by 16 hex digits, see short_named_keys;
-# 5: a dynamically quantized conv's NHWC copy feeds only its own quantize chain, see dynamic_conv_layout).
+# Bumped when what an entry records changes (3: delegation summaries count layout copies of program inputs
+# and outputs as glue; 4, 5: emitter changes, before the key held emitter_source_digest()).
 CACHE_VERSION = 5
 TOOLCHAIN = ("torch", "executorch", "coremltools")
 
@@ -70,10 +69,30 @@ def graph_digest(gm, context: dict) -> str:
     return h.hexdigest()[:32]
 
 
+def emitter_source_digest() -> str:
+    """sha256 of lgc's emitter code (every ``.py`` under ``lgc.targets``).
+
+    The lowering depends on that code as much as on the graph: the patches
+    lgc applies to executorch while lowering live there. lgc's version
+    string does not change with every edit of a development install, so
+    without this a changed emitter could be served an artifact the old one
+    lowered.
+    """
+    from lgc import targets
+
+    h = hashlib.sha256()
+    root = Path(targets.__file__).parent
+    for path in sorted(root.rglob("*.py")):
+        h.update(str(path.relative_to(root)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:16]
+
+
 def component_key(component, profile, lgc_version: str) -> str:
     return graph_digest(component.graph, {
-        "lgc": lgc_version, "component": component.name, "runtime": profile.runtime, "precision": profile.precision,
-        "emit": profile.emit_options, "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs]})
+        "lgc": lgc_version, "emitter": emitter_source_digest(), "component": component.name, "runtime": profile.runtime,
+        "precision": profile.precision, "emit": profile.emit_options,
+        "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs]})
 
 
 class ArtifactCache:

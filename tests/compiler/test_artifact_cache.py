@@ -61,3 +61,21 @@ def test_key_follows_weights(tiny_pipeline):
         next(comp.graph.parameters()).add_(1e-3)
     assert component_key(comp, profile, "0") != before
     assert component_key(comp, get_profile("ios-w8"), "0") != component_key(comp, profile, "0")
+
+
+def test_key_follows_the_emitter_code(tiny_pipeline, monkeypatch):
+    """Same graph, same lgc version, edited emitter code (a development install): another key."""
+    from lgc.compiler import artifact_cache
+    from lgc.compiler.build import export_components
+    from lgc.compiler.model_import import load_pipeline
+    from lgc.targets.profiles import get_profile
+
+    profile = get_profile("ios-fp16")
+    model = load_pipeline(tiny_pipeline("sd1"), profile.components, None)
+    export_components(model)
+    comp = model.components["vae_decoder"]
+    digest = artifact_cache.emitter_source_digest()
+    assert len(digest) == 16 and digest == artifact_cache.emitter_source_digest()
+    before = artifact_cache.component_key(comp, profile, "0")
+    monkeypatch.setattr(artifact_cache, "emitter_source_digest", lambda: "0" * 16)
+    assert artifact_cache.component_key(comp, profile, "0") != before

@@ -117,6 +117,12 @@ def test_fusion_keeps_components_nearly_whole(bundles):
         # The VAE keeps its two high-resolution upsamples outside (see upsample_as_deconv: faster so).
         vae = comps["vae_decoder"]
         assert vae["delegate_subgraphs"] <= 3 and set(vae["nondelegated_ops"]) <= {"aten_upsample_nearest2d_vec"}, (target, vae)
+        # Inside the U-Net's delegate: 213 layout transposes before the norm rewrites, 113-114 since
+        # (attention head split/merge and the transformer blocks' channels-last boundaries).
+        from lgc.targets.executorch.xnnpack_graph import delegate_ops
+
+        transposes = delegate_ops((bundles[target][0] / unet["file"]).read_bytes())["StaticTranspose"]
+        assert transposes <= 120, (target, transposes)
 
 
 def test_int8_text_encoder_declares_the_quantized_kernels_it_needs(bundles):
