@@ -79,8 +79,10 @@ def autotune_fallback(gm, sizes: list[int], modes: list[bool], quantize: Callabl
     """Run INC's autotune over ``sizes`` x ``modes``; return the point it chose (or None) and every trial.
 
     ``quantize(gm, k, dynamic)`` returns the simulated-int8 graph with the top
-    ``k`` layers fp32; ``evaluate(graph)`` the end-to-end figures of the
-    pipeline with that U-Net against the fp32 pipeline.
+    ``k`` layers fp32 (tagged ``lgc_point = (k, dynamic)`` here);
+    ``evaluate(graph)`` its trial record, with ``psnr_db_min`` the end-to-end
+    figure of the pipeline with that U-Net against the fp32 pipeline. The
+    trials returned are those records, in INC's order.
     """
     import logging
 
@@ -92,9 +94,9 @@ def autotune_fallback(gm, sizes: list[int], modes: list[bool], quantize: Callabl
     def score(model) -> float:
         if not getattr(model, "is_quantized", False):
             return 1.0  # INC's fp32 baseline: the reference the PSNR is measured against, so the budget is met
-        e2e = evaluate(model)
-        trials.append({"float_layers": model.lgc_point[0], "dynamic": model.lgc_point[1], **e2e})
-        return min(e2e["psnr_db_min"], budget_db) / budget_db
+        record = evaluate(model)
+        trials.append(record)
+        return min(record["psnr_db_min"], budget_db) / budget_db
 
     def quantize_and_tag(model, k, dynamic):
         q = quantize(model, k, dynamic)

@@ -134,12 +134,10 @@ class SearchMixedPrecision(Pass):
             inc = autotune_fallback(gm, sizes, [dynamic, not dynamic], quantized,
                                     lambda q: trial(q.lgc_point[0], q.lgc_point[1], q), config.min_psnr_db)
             chosen = inc["chosen"]
-            if chosen is None:  # nothing met the budget: INC returns no model; keep its best trial
-                best = max(inc["trials"], key=lambda t: t["psnr_db_min"], default=None)
-                chosen = {"float_layers": best["float_layers"], "dynamic": best["dynamic"]} if best else None
-            choices["inc"] = {"choice": trial(chosen["float_layers"], chosen["dynamic"]) if chosen else None,
-                              "trials": [trial(t["float_layers"], t["dynamic"]) for t in inc["trials"]],
-                              "seconds": round(time.perf_counter() - t_inc, 1)}
+            # Nothing met the budget: INC returns no model, so its best trial is kept.
+            choice = trial(chosen["float_layers"], chosen["dynamic"]) if chosen else \
+                max(inc["trials"], key=lambda t: t["psnr_db_min"], default=None)
+            choices["inc"] = {"choice": choice, "trials": inc["trials"], "seconds": round(time.perf_counter() - t_inc, 1)}
         picked = choices[config.strategy]["choice"]
         if picked is None:  # min_fallback beyond what the MAC limit allows: the largest allowed fallback
             k = max(k for k in FALLBACK_SIZES if allowed(k))
