@@ -170,3 +170,70 @@ def test_every_registered_pass_is_documented_and_tested():
         module = Path(inspect.getfile(cls))
         rel = module.relative_to(REPO / "passes")
         assert (REPO / "tests" / "passes" / rel.parent / f"test_{rel.name}").exists(), f"{name} has no test file"
+
+
+class Scaled(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.ones(3))
+
+    def forward(self, x):
+        return x * self.w
+
+
+class PoisonWeightInPlace(Pass):
+    """Edit a weight in place, leaving the nodes alone (a test that validation sees tensor edits)."""
+
+    name = "test_poison_weight"
+    group = "fusion"
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def run(self, state, config):
+        with torch.no_grad():
+            state.model.components["c"].graph.w.fill_(float("nan"))
+        return PassResult(True)
+
+
+class LeaveGraphAlone(Pass):
+    """Change nothing in any graph (like the sampler passes)."""
+
+    name = "test_leave_graph_alone"
+    group = "step_reduction"
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def run(self, state, config):
+        return PassResult(True)
+
+
+def scaled_state():
+    x = torch.randn(2, 3)
+    gm = torch.export.export(Scaled(), (x,)).module()
+    return SimpleNamespace(model=SimpleNamespace(components={"c": Component("c", Scaled(), (x,), ["x"], ["y"], "Scaled", graph=gm)}))
+
+
+def test_a_graph_the_pass_left_alone_is_not_run_again_but_an_in_place_weight_edit_is_validated():
+    state = scaled_state()
+    gm = state.model.components["c"].graph
+    calls = []
+    gm.register_forward_pre_hook(lambda *a: calls.append(1))
+    PassManager(plan(LeaveGraphAlone)).run(state)
+    assert len(calls) == 1  # the signature taken before the first pass, no validation run
+    with pytest.raises(PassError, match="test_poison_weight.*NaN or Inf"):
+        PassManager(plan(PoisonWeightInPlace)).run(state)
+
+
+def test_a_graph_too_slow_to_run_after_every_pass_is_run_once_at_the_end_and_the_error_names_the_passes_that_changed_it():
+    state = state_with_graph()
+    gm = state.model.components["c"].graph
+    calls = []
+    gm.register_forward_pre_hook(lambda *a: calls.append(1))
+    PassManager(plan(ReluToClamp, LeaveGraphAlone), run_seconds_per_pass=0.0).run(state)
+    assert len(calls) == 2  # the signature before the first pass, one validation after the last
+    with pytest.raises(PassError, match=r"pass 'test_relu_to_clamp or test_break_shape' failed: left an invalid program.*outputs changed"):
+        PassManager(plan(ReluToClamp, BreakShape, LeaveGraphAlone), run_seconds_per_pass=0.0).run(state_with_graph())
