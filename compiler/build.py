@@ -131,7 +131,7 @@ def _quantization_findings(pass_reports: list[dict], end_to_end: dict) -> dict:
     return out
 
 
-def _lower(comp, profile: Profile, dest: Path, cache: ArtifactCache, step, note: str = "") -> dict:
+def lower_component(comp, profile: Profile, dest: Path, cache: ArtifactCache, step, note: str = "") -> dict:
     """One component's artifact in ``dest``: from the artifact cache, or emitted (and then cached)."""
     key = component_key(comp, profile, LGC_VERSION)
     try:
@@ -159,7 +159,7 @@ def _emit_bundle(profile: Profile, model: ImportedModel, state: BuildState, stag
     cache = ArtifactCache(cache_dir)
     entries, artifacts = {}, {}
     for name, comp in model.components.items():
-        art = _lower(comp, profile, stage, cache, stages.step)
+        art = lower_component(comp, profile, stage, cache, stages.step)
         path = stage / art["file"]
         with torch.no_grad():
             out_example = comp.module(*comp.example_inputs)
@@ -178,7 +178,7 @@ def _emit_bundle(profile: Profile, model: ImportedModel, state: BuildState, stag
         shutil.rmtree(twin, ignore_errors=True)
         twin.mkdir(parents=True)
         for name, comp in model.components.items():
-            _lower(comp, twin_profile, twin, cache, stages.step, note=f" (verification twin: {twin_profile.name})")
+            lower_component(comp, twin_profile, twin, cache, stages.step, note=f" (verification twin: {twin_profile.name})")
         manifest["verified_with"] = {"target": twin_profile.name, "note": "same graphs after the same passes; only code generation differs"}
     return entries, artifacts, manifest, twin
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import re
 import time
 from collections import Counter
@@ -98,6 +99,37 @@ def partitioner(backend: str, options: dict):
     raise ValueError(f"unknown ExecuTorch backend {backend!r}")
 
 
+@contextlib.contextmanager
+def timed_lowering_steps(part, seconds: dict):
+    """Add the wall time of ``part``'s partitioning and of its backend's preprocess (serializing the delegate) to ``seconds``.
+
+    ``to_edge_transform_and_lower`` runs edge decompositions, partitioning and
+    each delegate's preprocess as one call; the build report splits it so a
+    slow lowering says which of the three to look at.
+    """
+    from executorch.exir.backend.backend_details import BackendDetails
+
+    def timed(key, fn):
+        def call(*args, **kw):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kw)
+            finally:
+                seconds[key] = seconds.get(key, 0.0) + time.perf_counter() - t
+        return call
+
+    backends = {c.__name__: c for c in BackendDetails.__subclasses__()}
+    saved = {name: c.__dict__["preprocess"] for name, c in backends.items() if "preprocess" in c.__dict__}
+    part.partition = timed("partition", part.partition)  # an attribute of this instance only
+    for name, original in saved.items():
+        setattr(backends[name], "preprocess", staticmethod(timed("preprocess", original.__func__)))
+    try:
+        yield
+    finally:
+        for name, original in saved.items():
+            setattr(backends[name], "preprocess", original)
+
+
 def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | None = None) -> dict:
     from executorch.exir import to_edge_transform_and_lower
 
@@ -107,8 +139,10 @@ def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | Non
     from lgc.targets.executorch.dynamic_conv_layout import fixed_dynamic_conv_layout
     from lgc.targets.executorch.short_named_keys import short_named_keys
 
-    with fixed_dynamic_conv_layout(), short_named_keys():
-        edge = to_edge_transform_and_lower(ep, partitioner=[partitioner(backend, options or {})])
+    part = partitioner(backend, options or {})
+    steps: dict[str, float] = {}
+    with fixed_dynamic_conv_layout(), short_named_keys(), timed_lowering_steps(part, steps):
+        edge = to_edge_transform_and_lower(ep, partitioner=[part])
     t_lower = time.perf_counter() - t0 - t_export
     lowered = edge.exported_program()
     summary = delegation_summary(lowered.graph_module, lowered.graph_signature.user_inputs)
@@ -122,6 +156,8 @@ def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | Non
         "format": "executorch",
         "backend": backend,
         "kernel_libraries": libraries,
-        "seconds": {"export": round(t_export, 2), "lower": round(t_lower, 2), "serialize": round(t_serialize, 2)},
+        # lower = edge decompositions + partition + preprocess (the delegate's own passes and serialization)
+        "seconds": {"export": round(t_export, 2), "lower": round(t_lower, 2),
+                    **{k: round(v, 2) for k, v in steps.items()}, "serialize": round(t_serialize, 2)},
         **summary,
     }
