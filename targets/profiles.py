@@ -26,6 +26,8 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "distinct_cat_inputs",  # before quantization: the cat annotator then sees two inputs
     "expand_as_multiply",
     "float_scalar_operands",
+    # Before quantization: the fused transposed conv is quantized as one layer.
+    "upsample_conv_as_deconv",
     # A quantization recipe that rewrites the graph: before anything ranks or annotates its layers.
     "split_concat_conv",
     # Analysis of the fp32 graphs the quantizer is about to see (--explain).
@@ -51,7 +53,7 @@ QUANTIZATION_PASSES = ("split_concat_conv", "analyze_sensitivity", "search_mixed
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
 # distinct_cat_inputs, expand_as_multiply and float_scalar_operands avoid ops ExecuTorch's
 # XNNPACK lowering would leave outside the delegate.
-XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
+XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "upsample_conv_as_deconv", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
 # Core ML and TVM targets: float, converted from the graphs as the fusion passes leave them.
 NON_XNNPACK_DISABLED = QUANTIZATION_PASSES + XNNPACK_FORM_PASSES
 

@@ -12,7 +12,7 @@ from lgc.passes.fusion.graph_utils import ALL_COMPONENTS, NodeRewritePass, shape
 aten = torch.ops.aten
 
 
-def _factor(node) -> int | None:
+def upsample_factor(node) -> int | None:
     """The integer scale of an ``upsample_nearest2d`` node, from its static input/output shapes."""
     ins, outs = shape_of(node.args[0]), shape_of(node)
     if ins is None or outs is None or len(ins) != 4:
@@ -54,7 +54,7 @@ class UpsampleAsDeconv(NodeRewritePass):
         return super().run(state, config)
 
     def rewrite(self, gm, node):
-        k = _factor(node)
+        k = upsample_factor(node)
         out = shape_of(node)
         if k is None or out[2] * out[3] > self._config.max_output_pixels:
             return None
