@@ -66,9 +66,18 @@ class CalibrateObservers(Pass):
         targets = {n: c for n, c in state.model.components.items() if c.graph is not None and has_observers(c.graph)}
         if not targets:
             return PassResult(False, {"calibrated": []})
+        counts, observed = {}, {}
+        # Weights-only observation: one run on the example inputs sets every observer it has.
+        weights_only = [n for n, c in targets.items() if not needs_data(c.graph)]
+        with torch.no_grad():
+            for name in weights_only:
+                targets[name].graph(*targets[name].example_inputs)
+                observed[name], counts[name] = "weights only", 0
+        targets = {n: c for n, c in targets.items() if n not in weights_only}
+        if not targets:
+            return PassResult(True, {"samples": counts, "observers": observed})
         prompts = read_prompts(config.prompts_file or DEFAULT_PROMPTS)[: config.max_prompts]
         calib = collect(state.model, state.sampler.to_json(), prompts, list(config.seeds), state.cache_dir, state.progress_calibration)
-        counts, observed = {}, {}
         with torch.no_grad():
             for name, comp in targets.items():
                 samples = calib.inputs.get(name, [])
@@ -80,6 +89,28 @@ class CalibrateObservers(Pass):
                 counts[name] = len(samples)
         return PassResult(True, {"samples": counts, "prompts": len(prompts), "seeds": list(config.seeds),
                                  "cache": "hit" if calib.cached else "miss", "key": calib.key, "observers": observed})
+
+
+def needs_data(gm: torch.fx.GraphModule) -> bool:
+    """Whether any observer of ``gm`` records statistics of activations (and so needs calibration inputs).
+
+    A dynamically quantized component (the U-Net and text encoder by default)
+    has only observers of its weights, which are constants, and placeholder
+    observers on its activations, which record nothing: their scales are
+    computed at run time. Feeding such a graph calibration samples changes no
+    observer; at SD-1.5 size it cost 94 s for 8 samples.
+    """
+    from torchao.quantization.pt2e.observer import PlaceholderObserver
+
+    observers = _observers(gm)
+    for node in gm.graph.nodes:
+        if node.op != "call_module" or node.target not in observers:
+            continue
+        observed = node.args[0] if node.args else None
+        if isinstance(observers[node.target], PlaceholderObserver) or (isinstance(observed, torch.fx.Node) and observed.op == "get_attr"):
+            continue
+        return True
+    return False
 
 
 def _observers(gm) -> dict:

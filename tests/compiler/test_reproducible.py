@@ -32,7 +32,7 @@ def test_same_inputs_same_bytes(tmp_path, tiny_pipeline):
     assert all(comp["lowering_cached"] for comp in c["components"].values())
     passes = json.loads((tmp_path / "a" / "android-int8" / "passes.json").read_text())["passes"]
     assert next(p for p in passes if p["pass"] == "calibrate_observers")["details"]["observers"] == {
-        "text_encoder": "restored", "unet": "restored", "vae_decoder": "restored"}
+        "text_encoder": "weights only", "unet": "weights only", "vae_decoder": "restored"}
     assert _digests(tmp_path / "a" / "android-int8") == da
 
 

@@ -35,3 +35,39 @@ def test_observers_record_calibration_ranges(conv_state):
         for args in calib:
             gm(*args)
     assert all(calibrated(m) for m in obs)
+
+
+def _annotated(dynamic: bool):
+    from tests.passes.quantization.conftest import make_state
+
+    state, calib = make_state()
+    AnnotateXnnpackW8A8().run(state, AnnotateXnnpackW8A8.Config(components=("unet",), dynamic_activations=("unet",) if dynamic else ()))
+    return state, calib
+
+
+def test_only_statically_quantized_graphs_need_calibration_data():
+    from lgc.passes.quantization.calibrate_observers import needs_data
+
+    assert not needs_data(_annotated(dynamic=True)[0].model.components["unet"].graph)
+    assert needs_data(_annotated(dynamic=False)[0].model.components["unet"].graph)
+
+
+def test_a_dynamic_graph_observed_on_its_example_inputs_converts_to_what_calibration_data_gives():
+    from lgc.passes.quantization.calibrate_observers import CalibrateObservers
+    from lgc.passes.quantization.convert_pt2e import ConvertPt2e
+
+    fed, calib = _annotated(dynamic=True)
+    with torch.no_grad():
+        for args in calib:
+            fed.model.components["unet"].graph(*args)
+    ConvertPt2e().run(fed, ConvertPt2e.Config())
+    once, _ = _annotated(dynamic=True)
+    res = CalibrateObservers().run(once, CalibrateObservers.Config())  # no sampler, no pipeline: it must not need them
+    assert res.details["observers"] == {"unet": "weights only"}
+    ConvertPt2e().run(once, ConvertPt2e.Config())
+    a, b = (s.model.components["unet"].graph for s in (fed, once))
+    assert a.code == b.code
+    x = calib[3][0]
+    assert torch.equal(a(x), b(x))
+    for (ka, ta), (kb, tb) in zip(sorted(a.state_dict().items()), sorted(b.state_dict().items())):
+        assert ka == kb and torch.equal(ta, tb)
