@@ -147,6 +147,30 @@ def graph_fingerprint(gm: torch.fx.GraphModule) -> tuple:
     return gm.code, tuple(tensors)
 
 
+def drop_unread_tensors(gm: torch.fx.GraphModule) -> int:
+    """Remove the parameters and buffers no ``get_attr`` node reads; return how many.
+
+    Passes replace weights (PT2E's convert stores int8 copies, fusions add
+    fused kernels) and leave the originals registered. Nothing reads them,
+    but ``torch.export`` before lowering lifts every registered tensor, and
+    the artifact cache's key digests each one: at SD-1.5 size that is the
+    3.4 GB of fp32 weights an int8 graph no longer uses.
+    """
+    read = {n.target for n in gm.graph.nodes if n.op == "get_attr"}
+    # Tensors of called submodules (PT2E observers) are read by the submodule, not by get_attr.
+    called = tuple(n.target + "." for n in gm.graph.nodes if n.op == "call_module")
+    dropped = 0
+    for kind in ("_parameters", "_buffers"):
+        for qualified in [k for k, _ in (gm.named_parameters() if kind == "_parameters" else gm.named_buffers())]:
+            if qualified in read or qualified.startswith(called):
+                continue
+            owner_path, _, leaf = qualified.rpartition(".")
+            owner = gm.get_submodule(owner_path) if owner_path else gm
+            del getattr(owner, kind)[leaf]
+            dropped += 1
+    return dropped
+
+
 def has_observers(gm: torch.fx.GraphModule) -> bool:
     return any(n.op == "call_module" and "activation_post_process" in str(n.target) for n in gm.graph.nodes)
 
@@ -246,4 +270,6 @@ class PassManager:
                     validate_graph(n, g, expected[n], state.model.components[n].example_inputs)
                 except Exception as e:
                     raise PassError(" or ".join(changed_by), done, f"left an invalid program: {e}") from e
+        for g in _graphs(state).values():
+            drop_unread_tensors(g)
         return reports

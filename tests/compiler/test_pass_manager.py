@@ -237,3 +237,32 @@ def test_a_graph_too_slow_to_run_after_every_pass_is_run_once_at_the_end_and_the
     assert len(calls) == 2  # the signature before the first pass, one validation after the last
     with pytest.raises(PassError, match=r"pass 'test_relu_to_clamp or test_break_shape' failed: left an invalid program.*outputs changed"):
         PassManager(plan(ReluToClamp, BreakShape, LeaveGraphAlone), run_seconds_per_pass=0.0).run(state_with_graph())
+
+
+class ReplaceWeight(Pass):
+    """Point the graph at a new weight, leaving the old one registered (as PT2E's convert does)."""
+
+    name = "test_replace_weight"
+    group = "fusion"
+
+    @dataclass(frozen=True)
+    class Config:
+        pass
+
+    def run(self, state, config):
+        gm = state.model.components["c"].graph
+        gm.register_buffer("w_new", torch.full((3,), 2.0))
+        (node,) = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == "w"]
+        node.target = "w_new"
+        gm.recompile()
+        return PassResult(True)
+
+
+def test_tensors_no_node_reads_are_dropped_after_the_pipeline():
+    state = scaled_state()
+    gm = state.model.components["c"].graph
+    assert [k for k, _ in gm.named_parameters()] == ["w"]
+    PassManager(plan(ReplaceWeight)).run(state)
+    assert [k for k, _ in gm.named_parameters()] == [] and [k for k, _ in gm.named_buffers()] == ["w_new"]
+    x = state.model.components["c"].example_inputs[0]
+    assert torch.equal(gm(x), x * 2.0)
