@@ -181,34 +181,43 @@ class Scaled(torch.nn.Module):
         return x * self.w
 
 
-class PoisonWeightInPlace(Pass):
-    """Edit a weight in place, leaving the nodes alone (a test that validation sees tensor edits)."""
+def graph_pass(name: str, group: str, body):
+    """A registered-shape test pass whose ``run`` calls ``body(graph)`` on component "c" and reports a change."""
 
-    name = "test_poison_weight"
-    group = "fusion"
+    class _Pass(Pass):
+        @dataclass(frozen=True)
+        class Config:
+            pass
 
-    @dataclass(frozen=True)
-    class Config:
-        pass
+        def run(self, state, config):
+            body(state.model.components["c"].graph)
+            return PassResult(True)
 
-    def run(self, state, config):
-        with torch.no_grad():
-            state.model.components["c"].graph.w.fill_(float("nan"))
-        return PassResult(True)
+    _Pass.name, _Pass.group, _Pass.__doc__ = name, group, body.__doc__
+    return _Pass
 
 
-class LeaveGraphAlone(Pass):
+def _poison_weight(gm):
+    """Edit a weight in place, leaving the nodes alone (validation must see tensor edits)."""
+    with torch.no_grad():
+        gm.w.fill_(float("nan"))
+
+
+def _leave_alone(gm):
     """Change nothing in any graph (like the sampler passes)."""
 
-    name = "test_leave_graph_alone"
-    group = "step_reduction"
 
-    @dataclass(frozen=True)
-    class Config:
-        pass
+def _replace_weight(gm):
+    """Point the graph at a new weight, leaving the old one registered (as PT2E's convert does)."""
+    gm.register_buffer("w_new", torch.full((3,), 2.0))
+    (node,) = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == "w"]
+    node.target = "w_new"
+    gm.recompile()
 
-    def run(self, state, config):
-        return PassResult(True)
+
+PoisonWeightInPlace = graph_pass("test_poison_weight", "fusion", _poison_weight)
+LeaveGraphAlone = graph_pass("test_leave_graph_alone", "step_reduction", _leave_alone)
+ReplaceWeight = graph_pass("test_replace_weight", "fusion", _replace_weight)
 
 
 def scaled_state():
@@ -237,25 +246,6 @@ def test_a_graph_too_slow_to_run_after_every_pass_is_run_once_at_the_end_and_the
     assert len(calls) == 2  # the signature before the first pass, one validation after the last
     with pytest.raises(PassError, match=r"pass 'test_relu_to_clamp or test_break_shape' failed: left an invalid program.*outputs changed"):
         PassManager(plan(ReluToClamp, BreakShape, LeaveGraphAlone), run_seconds_per_pass=0.0).run(state_with_graph())
-
-
-class ReplaceWeight(Pass):
-    """Point the graph at a new weight, leaving the old one registered (as PT2E's convert does)."""
-
-    name = "test_replace_weight"
-    group = "fusion"
-
-    @dataclass(frozen=True)
-    class Config:
-        pass
-
-    def run(self, state, config):
-        gm = state.model.components["c"].graph
-        gm.register_buffer("w_new", torch.full((3,), 2.0))
-        (node,) = [n for n in gm.graph.nodes if n.op == "get_attr" and n.target == "w"]
-        node.target = "w_new"
-        gm.recompile()
-        return PassResult(True)
 
 
 def test_tensors_no_node_reads_are_dropped_after_the_pipeline():
