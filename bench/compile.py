@@ -13,9 +13,11 @@ partitioning, XNNPACK preprocess and serialization. A fresh process per
 build keeps one build's peak memory out of the next one's figures.
 
 The end-to-end harness run is not part of this benchmark: at SD-1.5 size it
-is an image generation on the CPU, not compilation. Calibration uses a
-distilled model's schedule (``--steps``, 4 by default) and a small prompt
-set (``--calibration-prompts``); both are printed with the results.
+is an image generation on the CPU, not compilation. The U-Net's activations
+are quantized dynamically, so its calibration observes weights only and
+samples nothing; the sampling options (``--steps``, ``--calibration-prompts``,
+``--samples-per-timestep``) matter only when a profile option makes it
+static, and are recorded with the results.
 This is a benchmark, not a test: it prints a table and writes JSON.
 """
 
