@@ -137,11 +137,12 @@ def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | Non
     ep = torch.export.export(component.graph, component.example_inputs, strict=False)
     t_export = time.perf_counter() - t0
     from lgc.targets.executorch.dynamic_conv_layout import fixed_dynamic_conv_layout
+    from lgc.targets.executorch.shared_preprocess_weights import shared_preprocess_weights
     from lgc.targets.executorch.short_named_keys import short_named_keys
 
     part = partitioner(backend, options or {})
     steps: dict[str, float] = {}
-    with fixed_dynamic_conv_layout(), short_named_keys(), timed_lowering_steps(part, steps):
+    with fixed_dynamic_conv_layout(), short_named_keys(), shared_preprocess_weights(), timed_lowering_steps(part, steps):
         edge = to_edge_transform_and_lower(ep, partitioner=[part])
     t_lower = time.perf_counter() - t0 - t_export
     lowered = edge.exported_program()
