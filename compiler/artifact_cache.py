@@ -45,7 +45,7 @@ def _tensor_bytes(t: torch.Tensor) -> bytes:
         return t.dequantize().float().numpy().tobytes() if t.is_quantized else t.float().numpy().tobytes()
 
 
-def _tensors(gm) -> dict[str, torch.Tensor]:
+def graph_tensors(gm) -> dict[str, torch.Tensor]:
     """Every tensor the graph reads: parameters, buffers, and get_attr constants (quantized weights, scales)."""
     out = dict(gm.state_dict(keep_vars=False))
     for node in gm.graph.nodes:
@@ -63,7 +63,7 @@ def graph_digest(gm, context: dict) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"v": CACHE_VERSION, "toolchain": _versions(), **context}, sort_keys=True, default=str).encode())
     h.update(gm.code.encode())
-    for name, t in sorted(_tensors(gm).items()):
+    for name, t in sorted(graph_tensors(gm).items()):
         h.update(f"{name}:{t.dtype}:{list(t.shape)}".encode())
         h.update(_tensor_bytes(t))
     return h.hexdigest()[:32]

@@ -136,15 +136,10 @@ def graph_fingerprint(gm: torch.fx.GraphModule) -> tuple:
     it computed before, so validating it again would only repeat a forward
     pass (about 8 s per pass for an SD-1.5-size U-Net on this machine).
     """
-    tensors = [(k, t.data_ptr(), t._version) for k, t in list(gm.named_parameters()) + list(gm.named_buffers())]
-    for node in gm.graph.nodes:
-        if node.op == "get_attr":
-            obj = gm
-            for part in node.target.split("."):
-                obj = getattr(obj, part, None)
-            if isinstance(obj, torch.Tensor):
-                tensors.append((node.target, obj.data_ptr(), obj._version))
-    return gm.code, tuple(tensors)
+    from lgc.compiler.artifact_cache import graph_tensors
+
+    # state_dict's detached tensors share their parameter's storage and version counter.
+    return gm.code, tuple((k, t.data_ptr(), t._version) for k, t in sorted(graph_tensors(gm).items()))
 
 
 def drop_unread_tensors(gm: torch.fx.GraphModule) -> int:
