@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 import torch.nn.functional as F
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.graph_utils import ALL_COMPONENTS, NodeRewritePass, add_constant, arg, constant_of
+from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of
 from lgc.passes.fusion.upsample_as_deconv import upsample_factor
 
 aten = torch.ops.aten
@@ -59,10 +57,6 @@ class UpsampleConvAsDeconv(NodeRewritePass):
     name = "upsample_conv_as_deconv"
     group = "fusion"
     op_targets = (aten.upsample_nearest2d.vec, aten.upsample_nearest2d.default)
-
-    @dataclass(frozen=True)
-    class Config:
-        components: tuple = ALL_COMPONENTS  # names of the component graphs to rewrite
 
     def rewrite(self, gm, node):
         k = upsample_factor(node)
