@@ -15,8 +15,8 @@ byte-identical and the source tensors untouched.
 
 from __future__ import annotations
 
-import contextlib
 import copy
+from unittest import mock
 
 import torch
 
@@ -27,17 +27,12 @@ def _copy_sharing_tensors(cls, edge_program, compile_specs):
     return copy.deepcopy(edge_program, memo)
 
 
-@contextlib.contextmanager
 def shared_preprocess_weights():
+    """A context in which XNNPACK's preprocess gets the tensor-sharing copy.
+
+    ``patch.object`` restores the class as it was: XnnpackBackend inherits the
+    method, so the override is deleted again rather than set to the base's.
+    """
     from executorch.backends.xnnpack.xnnpack_preprocess import XnnpackBackend
 
-    had_own = "copy_exported_program_for_preprocess" in XnnpackBackend.__dict__
-    original = XnnpackBackend.__dict__.get("copy_exported_program_for_preprocess")
-    XnnpackBackend.copy_exported_program_for_preprocess = classmethod(_copy_sharing_tensors)
-    try:
-        yield
-    finally:
-        if had_own:
-            XnnpackBackend.copy_exported_program_for_preprocess = original
-        else:
-            del XnnpackBackend.copy_exported_program_for_preprocess
+    return mock.patch.object(XnnpackBackend, "copy_exported_program_for_preprocess", classmethod(_copy_sharing_tensors))
