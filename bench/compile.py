@@ -51,10 +51,8 @@ def model_folder(name: str, root: Path, progress) -> Path:
 
 def build_unet(folder: Path, target: str, steps: int, prompts: int, samples: int, out: Path, cache: Path) -> dict:
     """One cold build of the U-Net to ``target`` in this process, as ``lgc build`` runs it: the stage records."""
-    import torch
-
     from lgc.compiler.artifact_cache import ArtifactCache
-    from lgc.compiler.build import BuildState, lower_component
+    from lgc.compiler.build import BuildState, export_components, lower_component
     from lgc.compiler.model_import import load_pipeline
     from lgc.compiler.pass_manager import PassManager, resolve_pipeline
     from lgc.compiler.stages import StageClock, peak_rss_mib
@@ -72,10 +70,10 @@ def build_unet(folder: Path, target: str, steps: int, prompts: int, samples: int
     stages.step(f"importing {folder}")
     model = load_pipeline(folder, profile.components, None)
     stages.step("exporting unet")
-    comp = model.components["unet"]
     # Only the U-Net is captured: the passes skip components without a graph, and
-    # calibration still runs the whole eager pipeline to record the U-Net's inputs.
-    comp.graph = torch.export.export(comp.module, comp.example_inputs, strict=False).module()
+    # calibration still has the whole eager pipeline to record inputs with.
+    export_components(model, ("unet",))
+    comp = model.components["unet"]
     state = BuildState(profile, model, cache_dir=cache, progress_calibration=ui.counter("calibration"))
     PassManager(planned, progress=stages.step).run(state)
     # Through the artifact cache, as lgc build lowers: its key digests every weight, and the

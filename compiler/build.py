@@ -48,9 +48,11 @@ def model_name(path: Path) -> str:
     return path.name
 
 
-def export_components(model: ImportedModel) -> None:
-    """Capture each component with torch.export at its static shapes."""
+def export_components(model: ImportedModel, names: tuple[str, ...] | None = None) -> None:
+    """Capture each component (or those in ``names``) with torch.export at its static shapes."""
     for name, comp in model.components.items():
+        if names is not None and name not in names:
+            continue
         try:
             ep = torch.export.export(comp.module, comp.example_inputs, strict=False)
         except Exception as e:
