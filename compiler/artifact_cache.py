@@ -88,10 +88,11 @@ def emitter_source_digest() -> str:
     return h.hexdigest()[:16]
 
 
-def component_key(component, profile, lgc_version: str) -> str:
+def component_key(component, profile, lgc_version: str, extra: dict | None = None) -> str:
+    """``extra``: what else the emitter reads (a runtime's ``KEY_MATERIAL``, e.g. TVM's tuning records)."""
     return graph_digest(component.graph, {
         "lgc": lgc_version, "emitter": emitter_source_digest(), "component": component.name, "runtime": profile.runtime,
-        "precision": profile.precision, "emit": profile.emit_options,
+        "precision": profile.precision, "emit": profile.emit_options, **({"extra": extra} if extra else {}),
         "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs]})
 
 
@@ -99,6 +100,7 @@ class ArtifactCache:
     """``root/<key>/``: the artifact (file or folder) and ``artifact.json``, what its emitter reported."""
 
     def __init__(self, root: Path | None):
+        self.workspace = Path(root) if root else None  # the build cache, which emitters may keep state in
         self.root = Path(root) / "artifacts" if root else None
 
     def get(self, key: str, stage: Path) -> dict | None:

@@ -18,9 +18,9 @@ from lgc.compiler.model_import import ImportedModel, load_pipeline
 from lgc.compiler.pass_manager import PassManager, resolve_pipeline
 from lgc.compiler.stages import StageClock
 from lgc.passes.step_reduction.solvers import SamplerPlan
-from lgc.targets import EMITTERS, RUNNERS
+from lgc.targets import EMITTERS, KEY_MATERIAL, RUNNERS
 from lgc.targets.executorch.emit import DELEGATION_FIELDS
-from lgc.targets.profiles import Profile, get_profile
+from lgc.targets.profiles import TWIN_SHARED_EMIT_OPTIONS, Profile, get_profile
 
 LGC_VERSION = "0.1.0"
 REFERENCE_STEPS = 50  # the many-step reference the quality-vs-steps table is measured against
@@ -133,18 +133,24 @@ def _quantization_findings(pass_reports: list[dict], end_to_end: dict) -> dict:
     return out
 
 
-def lower_component(comp, profile: Profile, dest: Path, cache: ArtifactCache, step, note: str = "") -> dict:
+def lower_component(comp, profile: Profile, dest: Path, cache: ArtifactCache, step, note: str = "", progress=None) -> dict:
     """One component's artifact in ``dest``: from the artifact cache, or emitted (and then cached)."""
-    key = component_key(comp, profile, LGC_VERSION)
+    material = KEY_MATERIAL.get(profile.runtime)
+
+    def key() -> str:
+        return component_key(comp, profile, LGC_VERSION, material(profile, cache.workspace) if material else None)
+
     try:
-        art = cache.get(key, dest)
+        k = key()
+        art = cache.get(k, dest)
         if art is not None:
-            step(f"lowering {comp.name}{note}: cached (graph and weights unchanged, key {key[:12]})")
+            step(f"lowering {comp.name}{note}: cached (graph and weights unchanged, key {k[:12]})")
             art["cached"] = True
             return art
         step(f"lowering {comp.name} ({profile.runtime}, {profile.precision}){note}")
-        art = EMITTERS[profile.runtime](comp, dest, profile)
-        cache.put(key, dest, art)
+        art = EMITTERS[profile.runtime](comp, dest, profile, cache.workspace, progress)
+        # Keyed by what the artifact was made from: tuning may have added records while emitting.
+        cache.put(key(), dest, art)
         art["cached"] = False
         return art
     except LgcError:
@@ -156,12 +162,12 @@ def lower_component(comp, profile: Profile, dest: Path, cache: ArtifactCache, st
 
 
 def _emit_bundle(profile: Profile, model: ImportedModel, state: BuildState, stage: Path, cache_dir: Path,
-                 pass_reports: list[dict], stages) -> tuple[dict, dict, dict, Path | None]:
+                 pass_reports: list[dict], stages, counter) -> tuple[dict, dict, dict, Path | None]:
     """Lower every component into ``stage`` (and its verification twin, if the profile has one); write passes.json."""
     cache = ArtifactCache(cache_dir)
     entries, artifacts = {}, {}
     for name, comp in model.components.items():
-        art = lower_component(comp, profile, stage, cache, stages.step)
+        art = lower_component(comp, profile, stage, cache, stages.step, progress=counter(f"tuning {name}"))
         path = stage / art["file"]
         with torch.no_grad():
             out_example = comp.module(*comp.example_inputs)
@@ -175,7 +181,9 @@ def _emit_bundle(profile: Profile, model: ImportedModel, state: BuildState, stag
     twin = None
     if profile.verify_with:
         # This machine cannot run the bundle's own code: run the same graphs emitted for it instead.
-        twin_profile = get_profile(profile.verify_with)
+        # Same tuning budget: the twin is meant to make the same schedule decisions.
+        twin_profile = get_profile(profile.verify_with).with_emit_options(
+            **{k: v for k, v in profile.emit_options.items() if k in TWIN_SHARED_EMIT_OPTIONS})
         twin = Path(cache_dir) / "twins" / profile.name
         shutil.rmtree(twin, ignore_errors=True)
         twin.mkdir(parents=True)
@@ -196,8 +204,9 @@ def _budget_retry(pass_reports: list[dict], end_to_end: dict) -> int | None:
 
 def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: dict | None = None,
           cache_dir: Path | None = None, golden_dir: Path | None = None, settings: list[str] | None = None,
-          quality_steps: tuple[int, ...] = ()) -> dict:
-    profile = get_profile(target).with_overrides(**(overrides or {})).with_pass_options(settings or [])
+          quality_steps: tuple[int, ...] = (), emit_options: dict | None = None) -> dict:
+    profile = (get_profile(target).with_overrides(**(overrides or {})).with_pass_options(settings or [])
+               .with_emit_options(**(emit_options or {})))
     # Resolve the whole pipeline before any work: an unknown pass or option fails here.
     planned = resolve_pipeline(profile.pipeline(), profile.options())
     model_path = Path(model_path) if model_path else DEFAULT_MODEL
@@ -219,7 +228,8 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             state = BuildState(profile, model, cache_dir=cache_dir, progress_calibration=ui.counter("calibration"),
                                progress_search=ui.counter("timestep search"))
             pass_reports = PassManager(planned, progress=stages.step).run(state)
-            entries, artifacts, manifest, twin = _emit_bundle(profile, model, state, stage, cache_dir, pass_reports, stages)
+            entries, artifacts, manifest, twin = _emit_bundle(profile, model, state, stage, cache_dir, pass_reports, stages,
+                                                              ui.counter)
             stages.step("running the bundle end to end in its runtime" + (f" (through its {profile.verify_with} twin)" if twin else ""))
             goldens = goldens or _goldens_for(model, manifest["sampler"], golden_dir)
             figures = run_bundle(stage, manifest, goldens, progress=ui.step, artifacts=twin)
@@ -257,7 +267,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
             a = artifacts[name]
             report["components"][name] = {
                 "file": e["file"], "bytes": e["bytes"], **figures["components"][name],
-                **{k: a[k] for k in DELEGATION_FIELDS if k in a},
+                **{k: a[k] for k in DELEGATION_FIELDS + ("tuning",) if k in a},
                 "lowering_seconds": a["seconds"], "lowering_cached": a["cached"],
             }
         # Quality figures only: they are a function of the artifacts, so the manifest

@@ -35,6 +35,7 @@ def cmd_build(a) -> int:
     ui = UI(quiet=a.quiet)
     overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size, "schedule": a.schedule}
     report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden,
+                   emit_options={"tuning_trials": a.tune_trials, "tuning_records": False if a.no_tuning_records else None},
                    quality_steps=_step_counts(a.quality_vs_steps),
                    settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else [])
                    + (["analyze_sensitivity.enabled=true"] if a.explain else [])
@@ -157,6 +158,11 @@ def parser() -> argparse.ArgumentParser:
                         "(at most 10%% of its MACs; report.json: mixed_precision)")
     b.add_argument("--set", action="append", default=[], metavar="PASS.OPTION=VALUE",
                    help="set a pass option (VALUE in JSON), e.g. --set annotate_xnnpack_w8a8.per_channel=false; repeatable")
+    b.add_argument("--tune-trials", type=int, default=None, metavar="N",
+                   help="TVM targets: MetaSchedule trials for each kernel without a tuning record (about 1.5 s a trial "
+                        "on 2 cores; records are kept in the cache and reused; default 0: apply the records there are)")
+    b.add_argument("--no-tuning-records", action="store_true",
+                   help="TVM targets: compile every kernel untuned, ignoring tuning records (the fallback)")
     b.add_argument("--quiet", action="store_true")
     b.set_defaults(fn=cmd_build)
 

@@ -121,6 +121,24 @@ class Profile:
             raise UsageError(f"--image-size must be at least 8, got {kw['image_size']}")
         return dataclasses.replace(self, **kw)
 
+    def with_emit_options(self, **kw) -> "Profile":
+        """Set options the runtime's emitter reads; one it does not read is refused."""
+        kw = {k: v for k, v in kw.items() if v is not None}
+        for k, v in kw.items():
+            if k not in EMIT_OPTION_FLAGS.get(self.runtime, {}):
+                raise UsageError(f"{EMIT_OPTION_FLAGS_ALL.get(k, k)} does not apply to {self.name} "
+                                 f"(it is for {', '.join(n for n, p in PROFILES.items() if k in EMIT_OPTION_FLAGS.get(p.runtime, {}))})")
+            if k == "tuning_trials" and (not isinstance(v, int) or v < 0):
+                raise UsageError(f"--tune-trials must be 0 or more, got {v}")
+        return dataclasses.replace(self, emit_options={**self.emit_options, **kw})
+
+
+# Emit options a build may set from the command line, per runtime, and their flags.
+EMIT_OPTION_FLAGS = {"tvm": {"tuning_trials": "--tune-trials", "tuning_records": "--no-tuning-records"}}
+EMIT_OPTION_FLAGS_ALL = {k: f for flags in EMIT_OPTION_FLAGS.values() for k, f in flags.items()}
+# Emit options a verification twin takes over from the profile it verifies.
+TWIN_SHARED_EMIT_OPTIONS = ("tuning_trials", "tuning_records")
+
 
 PROFILES: dict[str, Profile] = {
     p.name: p
@@ -160,12 +178,15 @@ PROFILES: dict[str, Profile] = {
                 runtime="tvm",
                 precision="fp32",
                 disabled_passes=NON_XNNPACK_DISABLED,
-                emit_options={"os": os_, "target": target},
+                # tuning_trials: MetaSchedule trials per kernel that has no record yet (0: apply the
+                # records there are, tune nothing; --tune-trials sets it). tuning_records false
+                # (--no-tuning-records): every kernel untuned, the fallback and the benchmark's baseline.
+                emit_options={"os": os_, "target": target, "tuning_trials": 0, "tuning_records": True},
                 verify_with=twin,
             )
             for name, description, os_, target, twin in (
                 ("tvm-host", "TVM Relax module for this machine (LLVM): the verification twin of tvm-android-arm64",
-                 "host", {"kind": "llvm"}, None),
+                 "host", {"kind": "llvm", "mcpu": "host"}, None),
                 ("tvm-android-arm64", "TVM Relax module for arm64 Android (LLVM, NEON), an archive of AArch64 objects the app links with the NDK",
                  "android", {"kind": "llvm", "mtriple": "aarch64-linux-android", "mattr": ["+neon"]}, "tvm-host"),
             )

@@ -9,6 +9,7 @@ component's inputs in the manifest's order.
 
 from __future__ import annotations
 
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,25 +28,40 @@ def relax_module(component):
     return from_exported_program(ep, keep_params_as_input=False)
 
 
-def compile_module(mod, target_json: dict):
+def compile_module(mod, target_json: dict, trials_per_task: int = 0, db_dir: Path | None = None, progress=None,
+                   use_records: bool = True):
+    """(the Relax VM executable, what tuning did): kernels tuned where the budget allows, records applied."""
     import tvm
     from tvm import relax
 
-    target = tvm.target.Target(target_json)
-    return relax.build(mod, target=target)
+    from lgc.targets.tvm import tuning
+
+    target = tvm.target.Target(tuning.resolve_target(target_json))
+    mod = tuning.prepare(mod, target)
+    if not use_records:  # the untuned fallback (and the benchmark's baseline): plain loops
+        return relax.build(mod, target=target), {"kernels_scheduled": 0, "trials": 0, "seconds": 0.0, "records": "not used"}
+    own_db, applied_db = tuning.open_databases(db_dir)
+    work_dir = Path(db_dir) / "logs" if db_dir else Path(tempfile.mkdtemp(prefix="lgc-tvm-tuning-"))
+    report = tuning.tune(mod, target_json, own_db, applied_db, trials_per_task, work_dir, progress)
+    mod, report["kernels_scheduled"] = tuning.apply(mod, target, applied_db)
+    return relax.build(mod, target=target), report
 
 
 def library_name(options: dict) -> str:
     return f"module.{FORMATS[options['os']]}"
 
 
-def emit(component, out_dir: Path, profile) -> dict:
+def emit(component, out_dir: Path, profile, cache_dir: Path | None = None, progress=None) -> dict:
+    from lgc.targets.tvm.tuning import DATABASE_DIR, resolve_target
+
     options = profile.emit_options
     t0 = time.perf_counter()
     mod = relax_module(component)
     t_import = time.perf_counter() - t0
-    executable = compile_module(mod, options["target"])
-    t_compile = time.perf_counter() - t0 - t_import
+    db_dir = Path(cache_dir) / DATABASE_DIR if cache_dir else None
+    executable, tuned = compile_module(mod, options["target"], options.get("tuning_trials", 0), db_dir, progress,
+                                       use_records=options.get("tuning_records", True))
+    t_compile = time.perf_counter() - t0 - t_import - tuned["seconds"]
     folder = Path(out_dir) / f"{component.name}.tvm"
     folder.mkdir()
     executable.export_library(str(folder / library_name(options)))
@@ -55,7 +71,8 @@ def emit(component, out_dir: Path, profile) -> dict:
         "format": "tvm-relax-vm",
         "backend": f"tvm-{options['os']}",
         "library": library_name(options),
-        "target": options["target"],
-        "tuned": False,
-        "seconds": {"import": round(t_import, 2), "compile": round(t_compile, 2), "export": round(t_export, 2)},
+        "target": resolve_target(options["target"]),
+        "tuning": tuned,
+        "seconds": {"import": round(t_import, 2), "tune": tuned["seconds"], "compile": round(t_compile, 2),
+                    "export": round(t_export, 2)},
     }

@@ -1,0 +1,142 @@
+"""MetaSchedule tuning of a component's kernels, kept in a database that later builds reuse.
+
+Untuned, TVM compiles each fused kernel as plain loops: no threads, no
+vectors (the reference U-Net ran 18x slower than ONNX Runtime). Tuning
+searches each kernel's schedule by building and timing candidates on this
+machine, about 1.5 s a candidate here, so it is paid once per kernel: the
+best schedule found is kept in a JSON database keyed by the kernel's
+structure, and a kernel that already has a record is never tuned again. A
+build whose kernels all have records does no tuning at all; with a trial
+budget of 0 (the default) a build only applies the records there are.
+
+Records are target-independent schedule decisions (tiling, parallel loops,
+vector lengths), so the arm64 module gets the schedules tuned on this
+machine: the same decisions as its tvm-host twin, which is what the harness
+measures. Tuning for the phone's own CPU would need MetaSchedule's RPC runner
+on a device.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+
+# Under the build cache; shared by every TVM target and component.
+DATABASE_DIR = "tvm-tuning"
+# Records shipped for lgc's reference model, tuned on the machine README.md names.
+SHIPPED_DATABASE = Path(__file__).resolve().parents[2] / "compiler" / "reference" / "tvm_tuning"
+DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
+# Timeouts per candidate. MetaSchedule's 30 s build timeout counts the worker's start (importing
+# tvm, which imports torch); on a loaded 2-core machine whole batches timed out and were lost.
+BUILD_TIMEOUT_S = 300
+RUN_TIMEOUT_S = 120
+
+
+def host_cpu() -> str:
+    """LLVM's name for this machine's CPU (LLVM 22 in TVM rejects ``-mcpu=native``)."""
+    import tvm
+
+    return str(tvm.target.codegen.llvm_get_system_cpu())
+
+
+def resolve_target(target_json: dict) -> dict:
+    """The profile's target with ``"mcpu": "host"`` replaced by this machine's CPU."""
+    if target_json.get("mcpu") == "host":
+        return {**target_json, "mcpu": host_cpu()}
+    return dict(target_json)
+
+
+def databases_digest(db_dir: Path | None) -> str:
+    """A digest of every record the build can apply: part of the artifact's cache key."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for folder in (SHIPPED_DATABASE, db_dir):
+        for name in DATABASE_FILES:
+            f = Path(folder) / name if folder else None
+            h.update(f.read_bytes() if f and f.is_file() else b"-")
+    return h.hexdigest()
+
+
+def open_databases(db_dir: Path | None):
+    """(the database tuning writes to, the union of it and the shipped records that a build applies)."""
+    from tvm.s_tir import meta_schedule as ms
+
+    if db_dir:
+        Path(db_dir).mkdir(parents=True, exist_ok=True)
+    own = ms.database.JSONDatabase(work_dir=str(db_dir)) if db_dir else ms.database.MemoryDatabase()
+    if (SHIPPED_DATABASE / DATABASE_FILES[1]).is_file():
+        shipped = ms.database.JSONDatabase(*(str(SHIPPED_DATABASE / n) for n in DATABASE_FILES), allow_missing=False)
+        return own, ms.database.UnionDatabase(own, shipped)
+    return own, own
+
+
+def prepare(mod, target):
+    """Relax -> fused TIR kernels, as the build and the tuner both see them (so their records match)."""
+    import tvm
+    from tvm import relax
+
+    with target:
+        return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
+                                         relax.get_pipeline("zero")])(mod)
+
+
+def _progress_callback(total: int, progress):
+    """A MetaSchedule measure callback that reports trials done (MetaSchedule itself only logs)."""
+    from tvm.s_tir.meta_schedule.measure_callback import PyMeasureCallback
+    from tvm.ir.utils import derived_object
+
+    @derived_object
+    class Progress(PyMeasureCallback):
+        def __init__(self):
+            self.done = 0
+
+        def apply(self, task_scheduler, task_id, measure_candidates, builder_results, runner_results):
+            self.done += len(measure_candidates)
+            progress(min(self.done, total), total, f"kernel {task_id + 1}")
+
+    return Progress()
+
+
+def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_dir: Path, progress=None) -> dict:
+    """Tune the kernels of ``mod`` (prepared) that no database has a record for; what was done."""
+    import tvm
+    from tvm.s_tir import meta_schedule as ms
+
+    # Measured on this machine with its threads (MetaSchedule needs num-cores); records apply to any target.
+    tune_target = tvm.target.Target({**resolve_target(target_json), "num-cores": os.cpu_count() or 1})
+    if "mtriple" in target_json:  # a cross target: candidates are built and timed for this machine instead
+        tune_target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1})
+    tasks = ms.relax_integration.extract_tasks(mod, tune_target)
+    missing = [t for t in tasks if applied_db.query_tuning_record(t.dispatched[0], tune_target, t.task_name) is None]
+    report = {"kernels": len(tasks), "kernels_with_records": len(tasks) - len(missing), "kernels_tuned": 0,
+              "trials": 0, "seconds": 0.0}
+    if not missing or trials_per_task <= 0:
+        return report
+    logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # progress instead of its INFO lines
+    work_dir.mkdir(parents=True, exist_ok=True)
+    contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(missing, work_dir=str(work_dir), seed=0)
+    total = trials_per_task * len(contexts)
+    callbacks = ms.MeasureCallback.create("default") + ([_progress_callback(total, progress)] if progress else [])
+    t0 = time.perf_counter()
+    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=total,
+                  max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_task, 64),
+                  builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
+                  runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
+                  database=own_db, measure_callbacks=callbacks)
+    if progress:
+        progress(total, total, "")
+    report.update(kernels_tuned=len(contexts), trials=total, seconds=round(time.perf_counter() - t0, 1))
+    return report
+
+
+def apply(mod, target, applied_db):
+    """(``mod`` (prepared) with every kernel that has a record scheduled by it, how many); the rest stay untuned."""
+    from tvm import relax, tirx
+
+    with target, applied_db:
+        mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+    scheduled = sum(1 for f in mod.functions.values() if isinstance(f, tirx.PrimFunc) and f.attrs and f.attrs.get("tirx.is_scheduled", False))
+    return mod, scheduled
