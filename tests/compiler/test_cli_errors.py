@@ -105,6 +105,8 @@ INVENTORY = [
          lambda t, fx: B + ["--model", str(fx["tiny"]()), "--image-size", "100", "--out", str(t / "out")], 3, "image size 100 is not divisible by 16"),
     Case("steps-zero", "steps < 1",
          lambda t, fx: B + ["--steps", "0", "--out", str(t / "out")], 2, "--steps must be at least 1"),
+    Case("tune-trials-android", "TVM tuning flag on a target that is not TVM",
+         lambda t, fx: B + ["--tune-trials", "8", "--out", str(t / "out")], 2, "--tune-trials does not apply to android-int8 (it is for tvm-host, tvm-android-arm64)"),
     Case("unknown-solver", "unknown solver",
          lambda t, fx: B + ["--solver", "heun", "--out", str(t / "out")], 2, "unknown solver 'heun'"),
     Case("empty-prompts", "empty calibration prompt file",
