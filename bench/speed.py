@@ -67,8 +67,11 @@ def interleaved_medians(fns: dict, rounds: int, block: int = 5) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-# lgc targets benchmarked, and their column keys. tvm-host is untuned (MetaSchedule tuning is not in yet).
-TARGET_COLUMNS = {"android-fp32": "lgc_fp32", "android-int8": "lgc_int8", "tvm-host": "lgc_tvm_untuned"}
+# lgc bundles benchmarked, by column key: (target, emit options, folder under --bundles). tvm-host
+# twice: with the tuning records it finds (lgc's reference model ships them) and with none.
+TARGET_COLUMNS = {"lgc_fp32": ("android-fp32", {}, "."), "lgc_int8": ("android-int8", {}, "."),
+                  "lgc_tvm_untuned": ("tvm-host", {"tuning_records": False}, "untuned"),
+                  "lgc_tvm_tuned": ("tvm-host", {}, ".")}
 
 
 def ensure_bundles(out: Path, model: Path | None) -> dict:
@@ -80,16 +83,17 @@ def ensure_bundles(out: Path, model: Path | None) -> dict:
 
     sha = folder_sha256(model or DEFAULT_MODEL)
     bundles = {}
-    for target in TARGET_COLUMNS:
-        folder = out / target
+    for key, (target, emit_options, under) in TARGET_COLUMNS.items():
+        root = out / under
+        folder = root / target
         try:
             fresh = manifest_mod.load(folder)["model"]["sha256"] == sha
         except Exception:
             fresh = False
         if not fresh:
-            print(f"building {target} into {out} ...", file=sys.stderr)
-            build(model, target, out, UI(quiet=True))
-        bundles[target] = folder
+            print(f"building {target} {emit_options or ''} into {root} ...", file=sys.stderr)
+            build(model, target, root, UI(quiet=True), cache_dir=out / ".cache", emit_options=emit_options)
+        bundles[key] = folder
     return bundles
 
 
@@ -102,9 +106,9 @@ def bench_reference(args) -> dict:
     from lgc.targets.executorch.xnnpack_graph import delegate_ops
 
     bundles = ensure_bundles(Path(args.bundles), args.model_path)
-    manifests = {t: manifest_mod.load(f) for t, f in bundles.items()}
-    reports = {t: json.loads((f / "report.json").read_text()) for t, f in bundles.items()}
-    model = load_pipeline(args.model_path or DEFAULT_MODEL, tuple(manifests["android-fp32"]["components"]), None)
+    manifests = {k: manifest_mod.load(f) for k, f in bundles.items()}
+    reports = {k: json.loads((f / "report.json").read_text()) for k, f in bundles.items()}
+    model = load_pipeline(args.model_path or DEFAULT_MODEL, tuple(manifests["lgc_fp32"]["components"]), None)
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, comp in model.components.items():
@@ -114,9 +118,9 @@ def bench_reference(args) -> dict:
             folder = Path(tmp) / name
             folder.mkdir()
             fns["ort_fp32"], simplified = ort_session(eager, inputs, list(comp.input_names), folder)
-            for target, key in TARGET_COLUMNS.items():
-                entry = manifests[target]["components"][name]
-                runner = open_runner(entry["runtime"], bundles[target] / entry["file"])
+            for key in TARGET_COLUMNS:
+                entry = manifests[key]["components"][name]
+                runner = open_runner(entry["runtime"], bundles[key] / entry["file"])
                 fns[key] = (lambda r: lambda: r(*inputs))(runner)
             with torch.no_grad():
                 ms = interleaved_medians(fns, args.rounds)
@@ -125,10 +129,13 @@ def bench_reference(args) -> dict:
                 "latency_ms_median": {k: round(v, 3) for k, v in ms.items()},
                 "ratio_to_ort_fp32": {k: round(v / ort, 3) for k, v in ms.items()},
                 "onnxsim": simplified,
-                "delegation": {t: {**{k: reports[t]["components"][name].get(k) for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops")},
-                                   # layout work XNNPACK does inside the delegate, read from the .pte itself
-                                   "delegate_transposes": delegate_ops((bundles[t] / manifests[t]["components"][name]["file"]).read_bytes())["StaticTranspose"]}
-                               for t in bundles if t.startswith("android-")},
+                "delegation": {TARGET_COLUMNS[c][0]: {
+                    **{k: reports[c]["components"][name].get(k) for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops")},
+                    # layout work XNNPACK does inside the delegate, read from the .pte itself
+                    "delegate_transposes": delegate_ops((bundles[c] / manifests[c]["components"][name]["file"]).read_bytes())["StaticTranspose"]}
+                    for c in ("lgc_fp32", "lgc_int8")},
+                # kernels compiled with a tuned schedule, of all kernels (the tuned column's records)
+                "tvm_tuning": reports["lgc_tvm_tuned"]["components"][name].get("tuning"),
             }
     return results
 
@@ -149,11 +156,14 @@ def main(argv=None) -> int:
     from rich.table import Table
 
     t = Table(title=f"speed, {args.model} (median ms; x = ratio to ONNX Runtime fp32)", title_justify="left")
-    for col in ("component", "eager fp32", "ORT fp32", "lgc fp32", "lgc int8", "lgc TVM untuned", "delegates fp32/int8", "ops outside fp32/int8", "transposes in delegates fp32/int8"):
+    for col in ("component", "eager fp32", "ORT fp32", "lgc fp32", "lgc int8", "lgc TVM untuned", "lgc TVM tuned",
+                "TVM kernels tuned", "delegates fp32/int8", "ops outside fp32/int8", "transposes in delegates fp32/int8"):
         t.add_column(col, justify="left" if col == "component" else "right")
     for name, r in results["components"].items():
         ms, x, d = r["latency_ms_median"], r["ratio_to_ort_fp32"], r["delegation"]
-        t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8", "lgc_tvm_untuned")),
+        tuning = r["tvm_tuning"] or {}
+        t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8", "lgc_tvm_untuned", "lgc_tvm_tuned")),
+                  f"{tuning.get('kernels_scheduled', 0)}/{tuning.get('kernels', '?')}",
                   f"{d['android-fp32']['delegate_subgraphs']}/{d['android-int8']['delegate_subgraphs']}",
                   f"{d['android-fp32']['nondelegated_compute_ops']}/{d['android-int8']['nondelegated_compute_ops']}",
                   f"{d['android-fp32']['delegate_transposes']}/{d['android-int8']['delegate_transposes']}")
