@@ -32,6 +32,9 @@ DATABASE_FILES = ("database_workload.json", "database_tuning_record.json")
 # tvm, which imports torch); on a loaded 2-core machine whole batches timed out and were lost.
 BUILD_TIMEOUT_S = 300
 RUN_TIMEOUT_S = 120
+# Build batches a worker pool serves before it is replaced (MetaSchedule replaces it every batch
+# because of a memory leak in long-lived workers; see _reused_pool_builder for why not every batch).
+POOL_BATCHES = 25
 
 
 def host_cpu() -> str:
@@ -100,6 +103,57 @@ def _progress_callback(total: int, progress):
     return Progress()
 
 
+def _reused_pool_builder(max_workers: int):
+    """MetaSchedule's LocalBuilder, except that its worker processes serve many batches.
+
+    A worker's first build imports tvm.s_tir.tensor_intrin, which parses a few hundred TVMScript
+    functions, each calling inspect.stack(); with torch imported (tvm_ffi imports it) that takes 30 s
+    here. LocalBuilder starts new workers for every batch, so every kernel paid it: 30 s of the
+    45 s a kernel took at 16 trials.
+    """
+    from tvm.ir.utils import derived_object
+    from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
+    from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
+    from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    @derived_object
+    class ReusedPoolBuilder(PyBuilder):
+        def __init__(self):
+            super().__init__()
+            self.pool, self.batches = None, 0
+
+        def build(self, build_inputs):
+            if self.pool is None or self.batches >= POOL_BATCHES:
+                if self.pool is not None:
+                    self.pool.shutdown()
+                self.pool, self.batches = PopenPoolExecutor(max_workers=max_workers, timeout=BUILD_TIMEOUT_S), 0
+            self.batches += 1
+            results = []
+            for r in self.pool.map_with_error_catching(
+                    lambda x: _worker_func(*x),
+                    [(None, None, b.mod, b.target, _serialize_params(b.params)) for b in build_inputs]):
+                if r.status == StatusKind.COMPLETE:
+                    results.append(BuilderResult(r.value, None))
+                elif r.status == StatusKind.TIMEOUT:
+                    results.append(BuilderResult(None, f"build timed out after {BUILD_TIMEOUT_S} s"))
+                else:
+                    results.append(BuilderResult(None, f"build failed: {r.value}"))
+            return results
+
+    return ReusedPoolBuilder()
+
+
+def measurable(task) -> bool:
+    """Whether MetaSchedule can time this kernel: its runner feeds random inputs, and random indices
+    into a gather (the text encoder's token lookup, ``take``) read out of bounds and kill the runner.
+    Such kernels stay untuned; they are memory moves, which tuning would barely change."""
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    # The argument descriptions the runner makes its random inputs from.
+    args = ArgInfo.from_prim_func(task.dispatched[0]["main"])
+    return not any(str(getattr(a, "dtype", "")).startswith(("int", "uint")) for a in args)
+
+
 def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_dir: Path, progress=None) -> dict:
     """Tune the kernels of ``mod`` (prepared) that no database has a record for; what was done."""
     import tvm
@@ -112,7 +166,8 @@ def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_
     tasks = ms.relax_integration.extract_tasks(mod, tune_target)
     missing = [t for t in tasks if applied_db.query_tuning_record(t.dispatched[0], tune_target, t.task_name) is None]
     report = {"kernels": len(tasks), "kernels_with_records": len(tasks) - len(missing), "kernels_tuned": 0,
-              "trials": 0, "seconds": 0.0}
+              "kernels_not_measurable": sorted(t.task_name for t in missing if not measurable(t)), "trials": 0, "seconds": 0.0}
+    missing = [t for t in missing if measurable(t)]
     if not missing or trials_per_task <= 0:
         return report
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # progress instead of its INFO lines
@@ -121,11 +176,14 @@ def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_
     total = trials_per_task * len(contexts)
     callbacks = ms.MeasureCallback.create("default") + ([_progress_callback(total, progress)] if progress else [])
     t0 = time.perf_counter()
+    # Round robin, one batch per kernel: each kernel's records are saved as soon as its batch is timed.
+    # The default (gradient) scheduler saves nothing until every kernel has had its first batch, so an
+    # interrupted tuning of the U-Net lost everything (and the progress callback was not called).
     ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=total,
                   max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_task, 64),
-                  builder=ms.builder.LocalBuilder(timeout_sec=BUILD_TIMEOUT_S),
+                  builder=_reused_pool_builder(os.cpu_count() or 1),
                   runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
-                  database=own_db, measure_callbacks=callbacks)
+                  database=own_db, measure_callbacks=callbacks, task_scheduler="round-robin")
     if progress:
         progress(total, total, "")
     report.update(kernels_tuned=len(contexts), trials=total, seconds=round(time.perf_counter() - t0, 1))
