@@ -17,9 +17,13 @@ import sys
 import tempfile
 from pathlib import Path
 
+from lgc.targets.tvm.tuning import DATABASE_FILES, SHIPPED_SUFFIX
+
 
 def best_records(src_dir: Path, dst_dir: Path) -> int:
-    """Copy the fastest valid record of every kernel from the database in ``src_dir`` to a new one in ``dst_dir``."""
+    """Copy the fastest valid record of every kernel from the database in ``src_dir`` to a new one in ``dst_dir`` (gzipped)."""
+    import gzip
+
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
@@ -38,6 +42,10 @@ def best_records(src_dir: Path, dst_dir: Path) -> int:
     for _, (_, rec) in sorted(best.items()):  # in a fixed order: the files are committed
         workload = dst.commit_workload(rec.workload.mod)
         dst.commit_tuning_record(ms.database.TuningRecord(rec.trace, workload, rec.run_secs, rec.target, rec.args_info))
+    for name in DATABASE_FILES:
+        f = dst_dir / name
+        (dst_dir / (name + SHIPPED_SUFFIX)).write_bytes(gzip.compress(f.read_bytes(), mtime=0))
+        f.unlink()
     return len(best)
 
 

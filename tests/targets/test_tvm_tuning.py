@@ -107,6 +107,8 @@ def test_without_records_every_kernel_is_untuned(tuned):
 
 def test_shipped_records_are_the_best_of_each_kernel_and_apply(tuned, tmp_path, monkeypatch):
     """What compiler/reference/tune_tvm.py ships: one record per kernel, enough for a build with an empty cache."""
+    import gzip
+
     from lgc.compiler.artifact_cache import ArtifactCache
     from lgc.compiler.build import lower_component
     from lgc.compiler.reference.tune_tvm import best_records
@@ -116,7 +118,7 @@ def test_shipped_records_are_the_best_of_each_kernel_and_apply(tuned, tmp_path, 
     comp, out, cache_dir = tuned
     kernels = out["tuned"][1]["tuning"]["kernels"]
     assert best_records(cache_dir / tuning.DATABASE_DIR, tmp_path / "shipped") == kernels
-    records = (tmp_path / "shipped" / "database_tuning_record.json").read_text().splitlines()
+    records = gzip.decompress((tmp_path / "shipped" / "database_tuning_record.json.gz").read_bytes()).decode().splitlines()
     assert len(records) == kernels  # every trial was kept in the cache; only the best is shipped
     monkeypatch.setattr(tuning, "SHIPPED_DATABASE", tmp_path / "shipped")
     (tmp_path / "dest").mkdir()
