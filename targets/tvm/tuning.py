@@ -3,7 +3,7 @@
 Untuned, TVM compiles each fused kernel as plain loops: no threads, no
 vectors (the reference U-Net ran 18x slower than ONNX Runtime). Tuning
 searches each kernel's schedule by building and timing candidates on this
-machine, about 1.5 s a candidate here, so it is paid once per kernel: the
+machine, about 13 s a kernel at 16 trials here, so it is paid once per kernel: the
 best schedule found is kept in a JSON database keyed by the kernel's
 structure, and a kernel that already has a record is never tuned again. A
 build whose kernels all have records does no tuning at all; with a trial
