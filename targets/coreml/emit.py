@@ -32,8 +32,16 @@ def register_missing_torch_ops() -> None:
         _TORCH_OPS_REGISTRY.set_func_by_name(noop, "alias")
 
 
-def compression_config(weights: str):
-    """The ``coremltools.optimize.coreml`` config of a profile's ``weights`` setting (None: fp16 as converted)."""
+PALETTE_GROUP = 16  # output channels sharing one 4-bit look-up table
+
+
+def compression_config(weights: str, consts: dict[str, tuple[int, ...]] | None = None):
+    """The ``coremltools.optimize.coreml`` config of a profile's ``weights`` setting (None: fp16 as converted).
+
+    ``consts``: {const op name: shape} of the converted program, for configs that depend on a weight's shape.
+    """
+    import math
+
     import coremltools.optimize.coreml as cto
 
     if weights == "fp16":
@@ -43,9 +51,23 @@ def compression_config(weights: str):
         return "linear_quantize_weights", cto.OptimizationConfig(global_config=op)
     if weights == "4bit-palettized":
         # Grouped per-channel look-up tables (iOS 18): each group of 16 output channels has its own 16 values.
-        op = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=16)
-        return "palettize_weights", cto.OptimizationConfig(global_config=op)
+        op = cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=PALETTE_GROUP)
+        # coremltools skips, and leaves in fp16, a weight whose first axis 16 does not divide: CLIP's token
+        # embedding (vocabulary 676 here, 49,408 in SD) was the largest fp16 weight left. Those get the
+        # largest group that divides their first axis (676: 4), a table per 4 rows instead of none.
+        uneven = {name: math.gcd(shape[0], PALETTE_GROUP) for name, shape in (consts or {}).items()
+                  if len(shape) >= 2 and math.prod(shape) > op.weight_threshold and shape[0] % PALETTE_GROUP}
+        per_op = {name: cto.OpPalettizerConfig(mode="kmeans", nbits=4, granularity="per_grouped_channel", group_size=g)
+                  for name, g in uneven.items()}
+        return "palettize_weights", cto.OptimizationConfig(global_config=op, op_name_configs=per_op)
     raise ValueError(f"unknown Core ML weight format {weights!r}")
+
+
+def _const_shapes(mlmodel) -> dict[str, tuple[int, ...]]:
+    """{const op name: shape} of a converted model's program (weights and small constants alike)."""
+    program = mlmodel._mil_program
+    return {op.name: tuple(op.outputs[0].shape) for op in program.functions["main"].operations
+            if op.op_type == "const" and op.outputs[0].shape} if program is not None else {}
 
 
 def _deterministic_package_ids(package: Path) -> None:
@@ -109,6 +131,7 @@ def emit(component, out_dir: Path, profile) -> dict:
         warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
         mlmodel = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=target,
                              compute_precision=ct.precision.FLOAT16, skip_model_load=True)
+    consts = _const_shapes(mlmodel)
     # Feature names as the manifest gives them (the converter names them after graph nodes).
     spec = mlmodel.get_spec()
     renames = [*zip([f.name for f in spec.description.input], component.input_names),
@@ -117,7 +140,7 @@ def emit(component, out_dir: Path, profile) -> dict:
         ct.utils.rename_feature(spec, old, new)
     mlmodel = ct.models.MLModel(spec, weights_dir=mlmodel.weights_dir, skip_model_load=True)
     t_convert = time.perf_counter() - t0 - t_export
-    compression = compression_config(options["weights"])
+    compression = compression_config(options["weights"], consts)
     if compression is not None:
         fn, config = compression
         mlmodel = getattr(cto, fn)(mlmodel, config)

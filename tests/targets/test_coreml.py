@@ -54,8 +54,12 @@ def test_ios_w4_is_palettized_and_smaller(ios_bundles):
     weights = lambda b, c: size_bytes(b / f"{c}.mlpackage" / "Data" / "com.apple.CoreML" / "weights")  # noqa: E731
     # 4-bit indices + per-group tables: the U-Net's weight file shrinks to about a third of fp16.
     assert weights(w4, "unet") <= 0.33 * weights(fp16, "unet")
-    # The whole bundle less so: each package's program (op list, names) does not shrink (0.39x measured).
-    assert report["bundle_bytes"] <= 0.45 * sum(c["bytes"] for c in manifest_of(fp16)["components"].values())
+    # All weights, the text encoder's token embedding (676 rows: 16 does not divide them) included: 0.296x measured.
+    total = lambda b: sum(weights(b, c) for c in ("text_encoder", "unet", "vae_decoder"))  # noqa: E731
+    assert total(w4) <= 0.31 * total(fp16)
+    assert weights(w4, "text_encoder") <= 0.35 * weights(fp16, "text_encoder")
+    # The whole bundle less so: each package's program (op list, names) does not shrink (0.38x measured).
+    assert report["bundle_bytes"] <= 0.42 * sum(c["bytes"] for c in manifest_of(fp16)["components"].values())
     spec = ct.utils.load_spec(str(w4 / "unet.mlpackage"))
     fn = spec.mlProgram.functions["main"]
     ops = {op.type for op in fn.block_specializations[fn.opset].operations}
