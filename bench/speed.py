@@ -71,7 +71,7 @@ def interleaved_medians(fns: dict, rounds: int, block: int = 5) -> dict:
 # twice: with the tuning records it finds (lgc's reference model ships them) and with none.
 TARGET_COLUMNS = {"lgc_fp32": ("android-fp32", {}, "."), "lgc_int8": ("android-int8", {}, "."),
                   "lgc_tvm_untuned": ("tvm-host", {"tuning_records": False}, "untuned"),
-                  "lgc_tvm_tuned": ("tvm-host", {}, ".")}
+                  "lgc_tvm_tuned": ("tvm-host", {"tuning_records": True}, ".")}
 
 
 def ensure_bundles(out: Path, model: Path | None) -> dict:
@@ -87,7 +87,10 @@ def ensure_bundles(out: Path, model: Path | None) -> dict:
         root = out / under
         folder = root / target
         try:
-            fresh = manifest_mod.load(folder)["model"]["sha256"] == sha
+            built = manifest_mod.load(folder)
+            # Same model, and built with this column's emit options (an untuned TVM bundle is not a tuned one).
+            fresh = built["model"]["sha256"] == sha and all(
+                built["profile"]["emit_options"].get(k) == v for k, v in (emit_options or {}).items())
         except Exception:
             fresh = False
         if not fresh:
