@@ -41,8 +41,10 @@ def compile_module(mod, target_json: dict, trials_per_task: int = 0, db_dir: Pat
     if not use_records:  # the untuned fallback (and the benchmark's baseline): plain loops
         return relax.build(mod, target=target), {"kernels_scheduled": 0, "trials": 0, "seconds": 0.0, "records": "not used"}
     own_db, applied_db = tuning.open_databases(db_dir)
-    work_dir = Path(db_dir) / "logs" if db_dir else Path(tempfile.mkdtemp(prefix="lgc-tvm-tuning-"))
-    report = tuning.tune(mod, target_json, own_db, applied_db, trials_per_task, work_dir, progress)
+    # MetaSchedule's logs: kept beside the build cache's records, else thrown away with the build.
+    with tempfile.TemporaryDirectory(prefix="lgc-tvm-tuning-") as tmp:
+        work_dir = Path(db_dir) / "logs" if db_dir else Path(tmp)
+        report = tuning.tune(mod, target_json, own_db, applied_db, trials_per_task, work_dir, progress)
     mod, report["kernels_scheduled"] = tuning.apply(mod, target, applied_db)
     return relax.build(mod, target=target), report
 
@@ -59,8 +61,9 @@ def emit(component, out_dir: Path, profile, cache_dir: Path | None = None, progr
     mod = relax_module(component)
     t_import = time.perf_counter() - t0
     db_dir = Path(cache_dir) / DATABASE_DIR if cache_dir else None
-    executable, tuned = compile_module(mod, options["target"], options.get("tuning_trials", 0), db_dir, progress,
-                                       use_records=options.get("tuning_records", True))
+    # Every TVM profile sets both options (targets/profiles.py), so no defaults are repeated here.
+    executable, tuned = compile_module(mod, options["target"], options["tuning_trials"], db_dir, progress,
+                                       use_records=options["tuning_records"])
     t_compile = time.perf_counter() - t0 - t_import - tuned["seconds"]
     folder = Path(out_dir) / f"{component.name}.tvm"
     folder.mkdir()

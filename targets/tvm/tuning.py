@@ -18,6 +18,7 @@ on a device.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
@@ -39,6 +40,7 @@ RUN_TIMEOUT_S = 120
 POOL_BATCHES = 25
 
 
+@functools.cache
 def host_cpu() -> str:
     """LLVM's name for this machine's CPU (LLVM 22 in TVM rejects ``-mcpu=native``)."""
     import tvm
@@ -53,16 +55,25 @@ def resolve_target(target_json: dict) -> dict:
     return dict(target_json)
 
 
+def _files_digest(folder: Path | None, suffix: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in DATABASE_FILES:
+        f = Path(folder) / (name + suffix) if folder else None
+        h.update(f.read_bytes() if f and f.is_file() else b"-")
+    return h.hexdigest()
+
+
+# The shipped records do not change while lgc runs; the build cache's own records do (tuning adds them).
+_shipped_digest = functools.cache(lambda: _files_digest(SHIPPED_DATABASE, SHIPPED_SUFFIX))
+
+
 def databases_digest(db_dir: Path | None) -> str:
     """A digest of every record the build can apply: part of the artifact's cache key."""
     import hashlib
 
-    h = hashlib.sha256()
-    for folder, suffix in ((SHIPPED_DATABASE, SHIPPED_SUFFIX), (db_dir, "")):
-        for name in DATABASE_FILES:
-            f = Path(folder) / (name + suffix) if folder else None
-            h.update(f.read_bytes() if f and f.is_file() else b"-")
-    return h.hexdigest()
+    return hashlib.sha256((_shipped_digest() + _files_digest(db_dir, "")).encode()).hexdigest()
 
 
 def _shipped_database():
@@ -159,6 +170,12 @@ def _reused_pool_builder(max_workers: int):
                     results.append(BuilderResult(None, f"build failed: {r.value}"))
             return results
 
+        def close(self):
+            """Stop the last pool's workers (each holds tvm and torch in memory)."""
+            if self.pool is not None:
+                self.pool.shutdown()
+                self.pool = None
+
     return ReusedPoolBuilder()
 
 
@@ -173,8 +190,13 @@ def measurable(task) -> bool:
     return not any(str(getattr(a, "dtype", "")).startswith(("int", "uint")) for a in args)
 
 
-def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_dir: Path, progress=None) -> dict:
-    """Tune the kernels of ``mod`` (prepared) that no database has a record for; what was done."""
+def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_dir: Path, progress=None,
+         retune: frozenset[str] = frozenset()) -> dict:
+    """Tune the kernels of ``mod`` (prepared) that no database has a record for; what was done.
+
+    ``retune``: kernels (task names) to tune again although they have records: the search starts from
+    their best records (MetaSchedule seeds its population from the database), so trials add to them.
+    """
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
@@ -183,10 +205,11 @@ def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_
     if "mtriple" in target_json:  # a cross target: candidates are built and timed for this machine instead
         tune_target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1})
     tasks = ms.relax_integration.extract_tasks(mod, tune_target)
-    missing = [t for t in tasks if applied_db.query_tuning_record(t.dispatched[0], tune_target, t.task_name) is None]
+    missing = {t.task_name for t in tasks if applied_db.query_tuning_record(t.dispatched[0], tune_target, t.task_name) is None}
+    unmeasurable = {t.task_name for t in tasks if (t.task_name in missing or t.task_name in retune) and not measurable(t)}
     report = {"kernels": len(tasks), "kernels_with_records": len(tasks) - len(missing), "kernels_tuned": 0,
-              "kernels_not_measurable": sorted(t.task_name for t in missing if not measurable(t)), "trials": 0, "seconds": 0.0}
-    missing = [t for t in missing if measurable(t)]
+              "kernels_not_measurable": sorted(unmeasurable & missing), "trials": 0, "seconds": 0.0}
+    missing = [t for t in tasks if (t.task_name in missing or t.task_name in retune) and t.task_name not in unmeasurable]
     if not missing or trials_per_task <= 0:
         return report
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)  # progress instead of its INFO lines
@@ -203,11 +226,14 @@ def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_
     # Round robin, one batch per kernel: each kernel's records are saved as soon as its batch is timed.
     # The default (gradient) scheduler saves nothing until every kernel has had its first batch, so an
     # interrupted tuning of the U-Net lost everything (and the progress callback was not called).
-    ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=total,
-                  max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_task, 64),
-                  builder=_reused_pool_builder(os.cpu_count() or 1),
-                  runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
-                  database=own_db, measure_callbacks=callbacks, task_scheduler="round-robin")
+    builder = _reused_pool_builder(os.cpu_count() or 1)
+    try:
+        ms.tune_tasks(tasks=contexts, task_weights=weights, work_dir=str(work_dir), max_trials_global=total,
+                      max_trials_per_task=trials_per_task, num_trials_per_iter=min(trials_per_task, 64),
+                      builder=builder, runner=ms.runner.LocalRunner(timeout_sec=RUN_TIMEOUT_S),
+                      database=own_db, measure_callbacks=callbacks, task_scheduler="round-robin")
+    finally:
+        builder.close()
     if progress:
         progress(total, total, "")
     report.update(kernels_tuned=len(contexts), trials=total, seconds=round(time.perf_counter() - t0, 1))
