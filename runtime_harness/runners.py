@@ -157,6 +157,34 @@ class TVMRunner:
         first = out[0] if not hasattr(out, "numpy") else out
         return torch.from_numpy(first.numpy())
 
+    def kernel_ms(self, *inputs: torch.Tensor, repeat: int = 10) -> dict[str, float]:
+        """{kernel: ms per call of ``main``, summed over its calls}, slowest first: where tuning time pays.
+
+        Timed around each VM call instruction (the VM's instrument hook), so
+        the VM's own builtins (allocation, reshapes) are listed as well.
+        """
+        import collections
+        import time
+
+        args = [self._tvm.runtime.tensor(t.contiguous().numpy()) for t in inputs]
+        self.vm["main"](*args)  # warm: first-call allocations are not a kernel's time
+        spent, started = collections.Counter(), {}
+
+        def instrument(func, symbol, before_run, ret_value, *call_args):
+            if before_run:
+                started[symbol] = time.perf_counter()
+            else:
+                spent[symbol] += time.perf_counter() - started[symbol]
+            return 0  # VMInstrumentReturnKind.NO_OP: run the call as usual
+
+        self.vm.set_instrument(instrument)
+        try:
+            for _ in range(repeat):
+                self.vm["main"](*args)
+        finally:
+            self.vm.set_instrument(None)
+        return {k: v * 1e3 / repeat for k, v in spent.most_common()}
+
 
 class EagerRunner:
     """A torch module (or GraphModule) called eagerly, under no_grad."""
