@@ -111,9 +111,11 @@ def prepare(mod, target):
     import tvm
     from tvm import relax
 
+    from lgc.targets.tvm.fast_math import fast_math
+
     with target:
         return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
-                                         relax.get_pipeline("zero")])(mod)
+                                         fast_math(), relax.get_pipeline("zero")])(mod)
 
 
 def _progress_callback(total: int, progress):
