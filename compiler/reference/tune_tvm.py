@@ -103,8 +103,12 @@ def best_records(src_dir: Path, dst_dir: Path, keep: set | None = None) -> int:
     return len(best)
 
 
-def deepen(bundle: Path, db_dir: Path, kernels: int, trials: int, ui, components=("unet", "vae_decoder")) -> dict:
-    """Tune each component's ``kernels`` slowest kernels (timed in ``bundle``) ``trials`` more times; {component: names}."""
+def deepen(bundle: Path, db_dir: Path, modules: dict, tasks: dict, kernels: int, trials: int, ui,
+           components=("unet", "vae_decoder")) -> dict:
+    """Tune each component's ``kernels`` slowest kernels (timed in ``bundle``) ``trials`` more times; {component: names}.
+
+    ``modules``, ``tasks``: reference_modules() and its tasks.
+    """
     from lgc.compiler import manifest as manifest_mod
     from lgc.runtime_harness.runners import TVMRunner
     from lgc.targets.profiles import get_profile
@@ -113,13 +117,13 @@ def deepen(bundle: Path, db_dir: Path, kernels: int, trials: int, ui, components
     manifest = manifest_mod.load(bundle)["components"]
     own, applied = tuning.open_databases(db_dir)
     chosen = {}
-    for name, mod in reference_modules().items():
+    for name, mod in modules.items():
         if name not in components:
             continue
         # Timing only: random latents, token id 0 (the text encoder's lookup must stay in bounds).
         example = [torch.randn(i["shape"]) if i["dtype"].startswith("float") else torch.zeros(i["shape"], dtype=torch.int64)
                    for i in manifest[name]["inputs"]]
-        names = {t.task_name for t in tasks_of(mod)}
+        names = {t.task_name for t in tasks[name]}
         chosen[name] = [k for k in TVMRunner(bundle / f"{name}.tvm").kernel_ms(*example) if k in names][:kernels]
         ui.step(f"tuning {name}: {trials} more trials for each of {', '.join(chosen[name])}")
         tuning.tune(mod, get_profile(PROFILE).emit_options["target"], own, applied, trials, db_dir / "logs",
@@ -130,7 +134,7 @@ def deepen(bundle: Path, db_dir: Path, kernels: int, trials: int, ui, components
 def main(argv=None) -> int:
     from lgc.compiler.build import build
     from lgc.compiler.ui import UI
-    from lgc.targets.tvm.tuning import DATABASE_DIR, SHIPPED_DATABASE
+    from lgc.targets.tvm.tuning import DATABASE_DIR, SHIPPED_DATABASE, unpack_shipped
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--trials", type=int, default=16, help="MetaSchedule trials per kernel")
@@ -143,17 +147,15 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     out = args.out or Path(tempfile.mkdtemp(prefix="lgc-tune-reference-"))
     scratch_db = out / ".cache" / DATABASE_DIR
+    # The reference model's kernels after lgc's passes, computed once for both options that need them.
+    modules = reference_modules() if args.incremental or args.deepen else {}
+    tasks = {name: tasks_of(mod) for name, mod in modules.items()}
     keep = None
     if args.incremental:  # the shipped records become the scratch database's: only kernels without one are tuned
-        import gzip
-
         import tvm_ffi
 
-        scratch_db.mkdir(parents=True, exist_ok=True)
-        for name in DATABASE_FILES:
-            if (SHIPPED_DATABASE / (name + SHIPPED_SUFFIX)).is_file():
-                (scratch_db / name).write_bytes(gzip.decompress((SHIPPED_DATABASE / (name + SHIPPED_SUFFIX)).read_bytes()))
-        keep = {tvm_ffi.structural_hash(t.dispatched[0]) for tasks in reference_tasks().values() for t in tasks}
+        unpack_shipped(scratch_db)
+        keep = {tvm_ffi.structural_hash(t.dispatched[0]) for component in tasks.values() for t in component}
     # Without the shipped records applied by the build itself: they are in the scratch database or retuned.
     shipped_aside = SHIPPED_DATABASE.with_name(SHIPPED_DATABASE.name + ".old")
     if SHIPPED_DATABASE.exists():
@@ -162,7 +164,8 @@ def main(argv=None) -> int:
         ui = UI()
         build(None, PROFILE, out, ui, emit_options={"tuning_trials": args.trials})
         if args.deepen:
-            deepen(out / PROFILE, scratch_db, args.deepen, args.deep_trials, ui, tuple(args.deep_components.split(",")))
+            deepen(out / PROFILE, scratch_db, modules, tasks, args.deepen, args.deep_trials, ui,
+                   tuple(args.deep_components.split(",")))
         n = best_records(scratch_db, SHIPPED_DATABASE, keep)
     except BaseException:
         if shipped_aside.exists():

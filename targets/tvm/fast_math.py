@@ -16,6 +16,8 @@ leaves exact, so this pass adds them.
 
 from __future__ import annotations
 
+import functools
+
 
 def _gelu(x):
     from tvm import tirx, topi
@@ -32,6 +34,7 @@ def _sigmoid(x):
     return topi.divide(one, topi.add(one, topi.fast_exp(topi.negative(x))))
 
 
+@functools.cache  # one class per process: prepare() runs once per component and build
 def _mutator():
     from tvm.relax import expr_functor
     from tvm.relax.transform.fast_math import FastMathCodeGenerator

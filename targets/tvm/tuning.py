@@ -76,23 +76,28 @@ def databases_digest(db_dir: Path | None) -> str:
     return hashlib.sha256((_shipped_digest() + _files_digest(db_dir, "")).encode()).hexdigest()
 
 
+def unpack_shipped(dest: Path) -> bool:
+    """Write the shipped records, decompressed, as a JSON database in ``dest``; False if none are shipped."""
+    import gzip
+
+    if not (SHIPPED_DATABASE / (DATABASE_FILES[1] + SHIPPED_SUFFIX)).is_file():
+        return False
+    dest.mkdir(parents=True, exist_ok=True)
+    for n in DATABASE_FILES:
+        (dest / n).write_bytes(gzip.decompress((SHIPPED_DATABASE / (n + SHIPPED_SUFFIX)).read_bytes()))
+    return True
+
+
 def _shipped_database():
     """The shipped records as a database (read-only: nothing is committed to it), or None."""
-    import gzip
-    import shutil
     import tempfile
 
     from tvm.s_tir import meta_schedule as ms
 
-    if not (SHIPPED_DATABASE / (DATABASE_FILES[1] + SHIPPED_SUFFIX)).is_file():
-        return None
-    tmp = Path(tempfile.mkdtemp(prefix="lgc-shipped-tuning-"))
-    try:
-        for n in DATABASE_FILES:
-            (tmp / n).write_bytes(gzip.decompress((SHIPPED_DATABASE / (n + SHIPPED_SUFFIX)).read_bytes()))
-        return ms.database.JSONDatabase(*(str(tmp / n) for n in DATABASE_FILES), allow_missing=False)  # read now
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    with tempfile.TemporaryDirectory(prefix="lgc-shipped-tuning-") as tmp:
+        if not unpack_shipped(Path(tmp)):
+            return None
+        return ms.database.JSONDatabase(*(str(Path(tmp) / n) for n in DATABASE_FILES), allow_missing=False)  # read now
 
 
 def open_databases(db_dir: Path | None):
