@@ -166,7 +166,7 @@ def main(argv=None) -> int:
         ms, x, d = r["latency_ms_median"], r["ratio_to_ort_fp32"], r["delegation"]
         tuning = r["tvm_tuning"] or {}
         t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8", "lgc_tvm_untuned", "lgc_tvm_tuned")),
-                  f"{tuning.get('kernels_scheduled', 0)}/{tuning.get('kernels', '?')}",
+                  f"{tuning.get('kernels_scheduled', 0)}/{tuning.get('kernels', 0) + tuning.get('kernels_hand_scheduled', 0) or '?'}",
                   f"{d['android-fp32']['delegate_subgraphs']}/{d['android-int8']['delegate_subgraphs']}",
                   f"{d['android-fp32']['nondelegated_compute_ops']}/{d['android-int8']['nondelegated_compute_ops']}",
                   f"{d['android-fp32']['delegate_transposes']}/{d['android-int8']['delegate_transposes']}")

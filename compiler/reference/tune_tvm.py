@@ -58,10 +58,10 @@ def reference_modules() -> dict:
 
 
 def tasks_of(mod) -> list:
-    """MetaSchedule's tasks (one per kernel) of a prepared module."""
-    from tvm.s_tir import meta_schedule as ms
+    """MetaSchedule's tasks (one per tunable kernel) of a prepared module."""
+    from lgc.targets.tvm import tuning
 
-    return ms.relax_integration.extract_tasks(mod, _target())
+    return tuning.extract_tasks(mod, _target())[0]
 
 
 def reference_tasks() -> dict:

@@ -117,10 +117,11 @@ def prepare(mod, target):
     from tvm import relax
 
     from lgc.targets.tvm.fast_math import fast_math
+    from lgc.targets.tvm.fused_attention import fused_attention
 
     with target:
         return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
-                                         fast_math(), relax.get_pipeline("zero")])(mod)
+                                         fused_attention(), fast_math(), relax.get_pipeline("zero")])(mod)
 
 
 def _progress_callback(total: int, progress):
@@ -186,6 +187,25 @@ def _reused_pool_builder(max_workers: int):
     return ReusedPoolBuilder()
 
 
+def is_hand_scheduled(func) -> bool:
+    """Whether a kernel was scheduled by lgc itself (``fused_attention``): tuning leaves it alone."""
+    return bool(func.attrs and func.attrs.get("tirx.is_scheduled", False))
+
+
+def extract_tasks(mod, target) -> tuple[list, int]:
+    """(MetaSchedule's tasks of ``mod`` (prepared), one per kernel, except lgc's hand-scheduled kernels; how many those are).
+
+    MetaSchedule means to skip kernels marked scheduled, but in TVM 0.27 it looks for the mark on the
+    task's module, where extraction never puts it, instead of on the kernel (relax_integration.
+    extracted_tasks_to_tune_contexts), so it would tune them like any other.
+    """
+    from tvm.s_tir import meta_schedule as ms
+
+    tasks = ms.relax_integration.extract_tasks(mod, target)
+    tunable = [t for t in tasks if not is_hand_scheduled(t.dispatched[0]["main"])]
+    return tunable, len(tasks) - len(tunable)
+
+
 def measurable(task) -> bool:
     """Whether MetaSchedule can time this kernel: its runner feeds random inputs, and random indices
     into a gather (the text encoder's token lookup, ``take``) read out of bounds and kill the runner.
@@ -211,10 +231,12 @@ def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_
     tune_target = tvm.target.Target({**resolve_target(target_json), "num-cores": os.cpu_count() or 1})
     if "mtriple" in target_json:  # a cross target: candidates are built and timed for this machine instead
         tune_target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1})
-    tasks = ms.relax_integration.extract_tasks(mod, tune_target)
+    tasks, hand_scheduled = extract_tasks(mod, tune_target)
     missing = {t.task_name for t in tasks if applied_db.query_tuning_record(t.dispatched[0], tune_target, t.task_name) is None}
     unmeasurable = {t.task_name for t in tasks if (t.task_name in missing or t.task_name in retune) and not measurable(t)}
-    report = {"kernels": len(tasks), "kernels_with_records": len(tasks) - len(missing), "kernels_tuned": 0,
+    # "kernels": those tuning is for; lgc's own kernels are counted apart (all count in "kernels_scheduled").
+    report = {"kernels": len(tasks), "kernels_hand_scheduled": hand_scheduled,
+              "kernels_with_records": len(tasks) - len(missing), "kernels_tuned": 0,
               "kernels_not_measurable": sorted(unmeasurable & missing), "trials": 0, "seconds": 0.0}
     missing = [t for t in tasks if (t.task_name in missing or t.task_name in retune) and t.task_name not in unmeasurable]
     if not missing or trials_per_task <= 0:
