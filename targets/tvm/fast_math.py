@@ -53,17 +53,6 @@ def _mutator():
 
 def fast_math():
     """The pass (a ``tvm.transform.Pass``), to run on Relax before legalisation."""
-    import tvm
-    from tvm import relax
+    from lgc.targets.tvm.relax_pass import mutator_pass
 
-    mutator_class = _mutator()
-
-    @tvm.transform.module_pass(opt_level=0, name="lgc.FastMath")
-    def transform(mod, ctx):
-        mutator = mutator_class(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        return mutator.builder_.get()
-
-    return transform
+    return mutator_pass(_mutator(), "lgc.FastMath")

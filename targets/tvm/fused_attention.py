@@ -154,15 +154,7 @@ def fused_attention():
     import tvm
     from tvm import relax
 
-    mutator_class = _mutator()
+    from lgc.targets.tvm.relax_pass import mutator_pass
 
-    @tvm.transform.module_pass(opt_level=0, name="lgc.FusedAttention")
-    def transform(mod, ctx):
-        mutator = mutator_class(mod)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                mutator.builder_.update_func(gv, mutator.visit_expr(func))
-        # The replaced matmuls and softmaxes are left unused.
-        return relax.transform.DeadCodeElimination()(mutator.builder_.get())
-
-    return transform
+    # The replaced matmuls and softmaxes are left unused.
+    return tvm.transform.Sequential([mutator_pass(_mutator(), "lgc.FusedAttention"), relax.transform.DeadCodeElimination()])
