@@ -45,20 +45,24 @@ def ort_session(module, inputs, names, folder: Path):
     return lambda: sess.run(None, feeds), ok
 
 
-def interleaved_medians(fns: dict, rounds: int, block: int = 5) -> dict:
+def interleaved_medians(fns: dict, rounds: int, block: int = 5, settle_s: float = 0.1) -> dict:
     """Median per-call latency of each runtime, measured in alternating blocks of ``block`` calls.
 
-    Blocks, not single calls: runtimes keep worker threads spinning for a
-    while after a call returns (ONNX Runtime and XNNPACK both do), and on a
-    2-core machine a neighbour's spinning threads would be timed as the next
-    runtime's latency. The first call of every block is dropped for the same
-    reason; alternating blocks still spreads machine noise over all runtimes.
+    Blocks, not single calls, with a pause of ``settle_s`` before each:
+    runtimes keep worker threads spinning for a while after a call returns
+    (ONNX Runtime, XNNPACK, TVM's pool), and on a 2-core machine a
+    neighbour's spinning threads are timed as the next runtime's latency.
+    Dropping the first call of a block was not enough: ExecuTorch's U-Net
+    read 17.1 ms right after ONNX Runtime's block and 8.6 ms after TVM's. The
+    pause lets them go to sleep; alternating blocks still spreads machine
+    noise over all runtimes.
     """
     times = {k: [] for k in fns}
     for fn in fns.values():
         fn()
     for _ in range(max(1, rounds // block)):
         for k, fn in fns.items():
+            time.sleep(settle_s)
             fn()
             for _ in range(block):
                 t0 = time.perf_counter()

@@ -143,6 +143,9 @@ class TVMRunner:
 
         from lgc.compiler.errors import UnsupportedModelError
         from lgc.targets.tvm.emit import library_name
+        from lgc.targets.tvm.threads import use_physical_cores
+
+        use_physical_cores()  # else TVM runs on half the cores of an x86 machine without SMT
 
         self.path = Path(path)
         lib = self.path / library_name({"os": "host"})

@@ -118,6 +118,11 @@ def prepare(mod, target):
 
     from lgc.targets.tvm.fast_math import fast_math
     from lgc.targets.tvm.fused_attention import fused_attention
+    from lgc.targets.tvm.threads import use_physical_cores
+
+    # Before constant folding runs the first kernel (and starts TVM's thread pool); tuning's runner
+    # processes, started later, inherit the count.
+    use_physical_cores()
 
     with target:
         return tvm.transform.Sequential([relax.transform.DecomposeOpsForInference(), relax.transform.CanonicalizeBindings(),
