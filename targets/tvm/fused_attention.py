@@ -120,7 +120,9 @@ def _attention_inputs(mutator, call):
         if not (isinstance(info, relax.TensorType) and info.dtype == "float32" and info.ndim == 3
                 and isinstance(info.shape, relax.ShapeExpr) and all(isinstance(e, tirx.IntImm) for e in info.shape.values)):
             return None
-    return q, kt, v
+    (b, _, d), (bk, dk, m), (bv, mv, _) = (tuple(int(e.value) for e in a.ty.shape.values) for a in (q, kt, v))
+    # No batch broadcasting (matmul allows it, the kernel indexes every operand by the same batch).
+    return (q, kt, v) if b == bk == bv and d == dk and m == mv else None
 
 
 @functools.cache  # one class per process, as the fast-math pass's

@@ -84,3 +84,22 @@ def test_tuning_leaves_the_hand_scheduled_kernel_alone():
     tasks, hand_scheduled = tuning.extract_tasks(mod, target)
     assert "fused_attention0" in every and hand_scheduled == 1
     assert [t.task_name for t in tasks] == [n for n in every if n != "fused_attention0"]
+
+
+def test_attention_with_a_broadcast_batch_is_left_alone():
+    """matmul broadcasts a batch of 1 (other frontends than torch's bmm produce it): the kernel indexes every batch."""
+    import tvm
+    from tvm import relax
+
+    from lgc.targets.tvm.fused_attention import fused_attention
+
+    bb = relax.BlockBuilder()
+    q, kt, v = (relax.Var(n, relax.TensorType(s, "float32")) for n, s in (("q", (4, 16, 8)), ("kt", (1, 8, 16)), ("v", (4, 16, 8))))
+    with bb.function("main", [q, kt, v]):
+        with bb.dataflow():
+            p = bb.emit(relax.op.nn.softmax(bb.emit(relax.op.matmul(q, kt)), axis=-1))
+            out = bb.emit_output(relax.op.matmul(p, v))
+        bb.emit_func_output(out)
+    mod = fused_attention()(bb.get())
+    assert not any(isinstance(f, tvm.tirx.PrimFunc) for f in mod.functions.values())
+    assert "R.nn.softmax" in mod["main"].script()
