@@ -232,10 +232,14 @@ def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    # Measured on this machine with its threads (MetaSchedule needs num-cores); records apply to any target.
-    tune_target = tvm.target.Target({**resolve_target(target_json), "num-cores": os.cpu_count() or 1})
+    from lgc.targets.tvm.threads import use_physical_cores
+
+    # Measured on this machine with the threads its kernels run on (threads.py), which MetaSchedule
+    # sizes parallel loops for (num-cores); records apply to any target.
+    cores = use_physical_cores()
+    tune_target = tvm.target.Target({**resolve_target(target_json), "num-cores": cores})
     if "mtriple" in target_json:  # a cross target: candidates are built and timed for this machine instead
-        tune_target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": os.cpu_count() or 1})
+        tune_target = tvm.target.Target({"kind": "llvm", "mcpu": host_cpu(), "num-cores": cores})
     tasks, hand_scheduled = extract_tasks(mod, tune_target)
     missing = {t.task_name for t in tasks if applied_db.query_tuning_record(t.dispatched[0], tune_target, t.task_name) is None}
     unmeasurable = {t.task_name for t in tasks if (t.task_name in missing or t.task_name in retune) and not measurable(t)}
