@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -120,17 +121,37 @@ def _class_of(index: dict, part: str, allowed: set[str]) -> str:
     return cls
 
 
+# torch's load_state_dict, which diffusers uses when accelerate is not installed (low_cpu_mem_usage off).
+_TORCH_SIZE_MISMATCH = re.compile(r"size mismatch for (\S+): copying a param with shape (torch\.Size\(\[[^\]]*\]\)) "
+                                  r"from checkpoint, the shape in current model is (torch\.Size\(\[[^\]]*\]\))")
+
+
+def _shape_mismatch(msg: str) -> str:
+    """A loader's message about weights whose shapes differ from the config, as one line that names the first.
+
+    diffusers says it two ways: with accelerate installed it checks shapes
+    itself ("Cannot load <path> because <name> expected shape ..., but got
+    ..." and advice about ignore_mismatched_sizes, which does not apply to a
+    compiler); without, torch's load_state_dict lists every mismatch.
+    """
+    if "expected shape" in msg:
+        msg = msg.split(" If you want to instead overwrite")[0]
+        return "weights do not match the config: " + re.sub(r"^Cannot load \S* ?because ", "", msg)
+    found = _TORCH_SIZE_MISMATCH.findall(msg)
+    if not found:
+        return msg
+    name, got, expected = found[0]
+    more = f" (and {len(found) - 1} more)" if len(found) > 1 else ""
+    return f"weights do not match the config: {name} expected shape {expected}, but got {got}{more}"
+
+
 def _load(cls, folder: Path, part: str):
     try:
         return cls.from_pretrained(folder / part, torch_dtype=torch.float32, local_files_only=True)
     except (UnsupportedModelError, ModelInputError):
         raise
     except Exception as e:  # diffusers/transformers raise many kinds; all mean the files are broken
-        msg = " ".join(str(e).split())
-        # diffusers appends advice about ignore_mismatched_sizes that does not apply to a compiler.
-        msg = msg.split(" If you want to instead overwrite")[0]
-        if "expected shape" in msg:
-            msg = "weights do not match the config: " + msg.removeprefix("Cannot load because ")
+        msg = _shape_mismatch(" ".join(str(e).split()))
         if len(msg) > 300:
             msg = msg[:300] + "..."
         raise ModelInputError(f"{part}: cannot load weights from {folder / part}: {type(e).__name__}: {msg}") from None

@@ -266,3 +266,22 @@ def test_listing_commands():
     assert res.returncode == 0 and "lower_sampler" in res.stdout and "annotate_xnnpack_w8a8" in res.stdout
     res = lgc("targets")
     assert res.returncode == 0 and "android-int8" in res.stdout and "android-fp32" in res.stdout
+
+
+@pytest.mark.parametrize("loader_message", [
+    # diffusers' own check, when accelerate is installed (low_cpu_mem_usage on)
+    "Cannot load /m/unet because down_blocks.0.attn2.to_k.weight expected shape torch.Size([16, 64]), but got "
+    "torch.Size([16, 32]). If you want to instead overwrite randomly initialized weights, please make sure to pass both",
+    # torch's load_state_dict, which diffusers falls back to without accelerate (this machine)
+    "Error(s) in loading state_dict for UNet2DConditionModel: size mismatch for down_blocks.0.attn2.to_k.weight: copying "
+    "a param with shape torch.Size([16, 32]) from checkpoint, the shape in current model is torch.Size([16, 64]). size "
+    "mismatch for down_blocks.0.attn2.to_v.weight: copying a param with shape torch.Size([16, 32]) from checkpoint, the "
+    "shape in current model is torch.Size([16, 64]).",
+], ids=["diffusers", "torch"])
+def test_shape_mismatch_is_one_line_whichever_loader_said_it(loader_message):
+    from lgc.compiler.model_import import _shape_mismatch
+
+    line = _shape_mismatch(loader_message)
+    assert line.startswith("weights do not match the config: down_blocks.0.attn2.to_k.weight expected shape "
+                           "torch.Size([16, 64]), but got torch.Size([16, 32])"), line
+    assert "overwrite" not in line and "copying a param" not in line
