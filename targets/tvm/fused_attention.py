@@ -99,7 +99,8 @@ def _schedule(func, rows_total: int, m: int, dv: int, exp_block: str):
 
 
 def _attention_inputs(mutator, call):
-    """(q, kt, v) if ``call`` is the second matmul of a ``matmul -> softmax(last axis) -> matmul`` chain, else None."""
+    """((q, kt, v), (b, n, m, d, dv)) if ``call`` is the second matmul of a ``matmul -> softmax(last axis) -> matmul``
+    chain, else None."""
     from tvm import relax, tirx
 
     def producer(expr, op_name):
@@ -120,9 +121,9 @@ def _attention_inputs(mutator, call):
         if not (isinstance(info, relax.TensorType) and info.dtype == "float32" and info.ndim == 3
                 and isinstance(info.shape, relax.ShapeExpr) and all(isinstance(e, tirx.IntImm) for e in info.shape.values)):
             return None
-    (b, _, d), (bk, dk, m), (bv, mv, _) = (tuple(int(e.value) for e in a.ty.shape.values) for a in (q, kt, v))
+    (b, n, d), (bk, dk, m), (bv, mv, dv) = (tuple(int(e.value) for e in a.ty.shape.values) for a in (q, kt, v))
     # No batch broadcasting (matmul allows it, the kernel indexes every operand by the same batch).
-    return (q, kt, v) if b == bk == bv and d == dk and m == mv else None
+    return ((q, kt, v), (b, n, m, d, dv)) if b == bk == bv and d == dk and m == mv else None
 
 
 @functools.cache  # one class per process, as the fast-math pass's
@@ -141,12 +142,10 @@ def _mutator():
             found = _attention_inputs(self, call)
             if found is None:
                 return call
-            q, kt, v = found
-            (b, n, d), (_, _, m), (_, _, dv) = (tuple(int(e.value) for e in a.ty.shape.values) for a in found)
-            key = (b, n, m, d, dv)
+            operands, key = found
             if key not in self.kernels:
                 self.kernels[key] = self.builder_.add_func(attention_kernel(*key, "float32"), f"fused_attention{len(self.kernels)}")
-            return relax.call_tir(self.kernels[key], [q, kt, v], call.ty)
+            return relax.call_tir(self.kernels[key], list(operands), call.ty)
 
     return FuseAttention
 
