@@ -31,6 +31,9 @@ def test_table_layout(table):
     assert table["reference"] == "golden_outputs/reference-student-50" and table["reference_steps"] == 50
     assert [(r["steps"], r["schedule"]) for r in table["rows"]] == [(4, "default"), (4, "optimized"), (8, "default"), (8, "optimized")]
     assert table["cases"] == 16
+    # The reference model's searches are shipped (compiler/reference/timesteps): a miss here means
+    # the model or the search changed; run `python -m lgc.compiler.reference.search_timesteps`.
+    assert [r["search_cache"] for r in table["rows"] if r["schedule"] == "optimized"] == ["shipped", "shipped"]
 
 
 def test_optimised_8_steps_beat_default_8_steps_on_held_out_prompts(table):
