@@ -9,8 +9,30 @@ import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # no test may reach a model hub
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One compute thread per xdist worker (set before torch is imported): with the default two
+    # OpenMP threads each, two workers on two cores spin-wait against each other, and the
+    # suite took more CPU time in parallel (138 min) than serially (74 min).
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    os.environ.setdefault("TVM_NUM_THREADS", "1")
 
 REPO = Path(__file__).resolve().parent.parent
+
+# Session fixtures that take minutes to build. Under pytest-xdist every worker builds its own
+# copy of a session fixture it needs, so all tests that need one of these run on one worker.
+_SHARED_BUILDS = ("bundles", "ios_bundles")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
+def pytest_collection_modifyitems(config, items):
+    """Group tests for ``--dist loadgroup``: by the expensive session build they share, else by module.
+
+    Grouping by module keeps module-scoped fixtures (a TVM tuning run, an arm64 build) built once.
+    Without xdist the mark is inert.
+    """
+    for item in items:
+        shared = next((name for name in _SHARED_BUILDS if name in item.fixturenames), None)
+        item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
 
 
 @pytest.fixture(scope="session")
