@@ -27,6 +27,7 @@ import argparse
 import json
 import os
 import platform
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -82,7 +83,7 @@ def build_unet(folder: Path, target: str, steps: int, prompts: int, samples: int
     records = stages.finish()
     return {
         "target": target, "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": peak_rss_mib(),
-        "unet_params": model.info["unet_params"], "pte_bytes": (out / art["file"]).stat().st_size,
+        "unet_params": model.info["unet_params"], "file": art["file"], "pte_bytes": (out / art["file"]).stat().st_size,
         "lowering_seconds": art["seconds"],
         "delegation": {k: art[k] for k in ("delegate_subgraphs", "delegated_nodes", "nondelegated_compute_ops", "nondelegated_ops")},
         "stages": records,
@@ -93,17 +94,23 @@ def child(args) -> int:
     with tempfile.TemporaryDirectory(prefix="lgc-compile-bench-") as tmp:
         result = build_unet(Path(args.child_folder), args.child, args.steps, args.calibration_prompts, args.samples_per_timestep,
                             Path(tmp), Path(tmp) / "cache")
+        if args.child_keep:  # the speed benchmark times the artifact this build made
+            Path(args.child_keep).parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(Path(tmp) / result["file"]), args.child_keep)
     Path(args.child_json).write_text(json.dumps(result))
     return 0
 
 
-def run_child(folder: Path, target: str, args) -> dict:
-    """``target`` built by a fresh interpreter; its stage records (or the failure, with its exit code)."""
+def run_child(folder: Path, target: str, args, keep: Path | None = None) -> dict:
+    """``target`` built by a fresh interpreter; its stage records (or the failure, with its exit code).
+
+    ``keep``: where to move the built ``.pte`` (otherwise it is deleted with the build's folder).
+    """
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as f:
         out = Path(f.name)
-    cmd = [sys.executable, __file__, "--child", target, "--child-folder", str(folder), "--child-json", str(out),
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--child", target, "--child-folder", str(folder), "--child-json", str(out),
            "--steps", str(args.steps), "--calibration-prompts", str(args.calibration_prompts),
-           "--samples-per-timestep", str(args.samples_per_timestep)]
+           "--samples-per-timestep", str(args.samples_per_timestep)] + (["--child-keep", str(keep)] if keep else [])
     t = time.perf_counter()
     proc = subprocess.run(cmd)
     try:
@@ -147,6 +154,7 @@ def main(argv=None) -> int:
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--child-folder", help=argparse.SUPPRESS)
     ap.add_argument("--child-json", help=argparse.SUPPRESS)
+    ap.add_argument("--child-keep", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.child:

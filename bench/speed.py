@@ -2,12 +2,18 @@
 
     python bench/speed.py --model reference            # the reference model's three components
     python bench/speed.py --model reference --json bench/speed.json
+    python bench/speed.py --model sd15-arch --json sd15.json   # SD-1.5-architecture U-Net step (random weights)
 
 Every runtime gets the same component and the same inputs; timings are
 interleaved (one call of each runtime per round, rounds repeated) so that the
 noise of a shared machine falls on all of them alike, and each latency is
 reported as a median and as a ratio to ONNX Runtime fp32 (the runtime a user
 would pick instead). Delegation counts come from the lgc build reports.
+With ``--model sd15-arch`` only the U-Net step is timed (an 859.5 M-parameter
+U-Net, 64x64 latents, batch 2): its android-fp32/int8 ``.pte`` files come from
+``bench/compile.py``'s cold builds (kept and reused while lgc's commit is the
+same; their build seconds and peak memory go into the JSON), and TVM is left
+out (tuning a U-Net of that size is hours, not a benchmark run).
 This is a benchmark, not a test: it prints a table and writes JSON.
 """
 
@@ -37,9 +43,15 @@ def ort_session(module, inputs, names, folder: Path):
     path = folder / "model.onnx"
     with torch.no_grad():
         torch.onnx.export(module, inputs, str(path), input_names=names, output_names=["out"], dynamo=False, opset_version=17)
-    model, ok = onnxsim.simplify(onnx.load(str(path)))
-    if ok:
-        onnx.save(model, str(path))
+    if len(list(folder.iterdir())) > 1:
+        # Over protobuf's 2 GiB the exporter writes the weights as external data, and onnxsim,
+        # which serialises the whole model to one protobuf, cannot take it. ONNX Runtime's own
+        # session optimisations (constant folding, fusions) still run.
+        ok = "skipped: model over 2 GiB"
+    else:
+        model, ok = onnxsim.simplify(onnx.load(str(path)))
+        if ok:
+            onnx.save(model, str(path))
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {n: t.numpy() for n, t in zip(names, inputs)}
     return lambda: sess.run(None, feeds), ok
@@ -147,18 +159,91 @@ def bench_reference(args) -> dict:
     return results
 
 
+def _lgc_commit() -> str | None:
+    import subprocess
+
+    try:
+        head = subprocess.run(["git", "-C", str(REPO), "rev-parse", "HEAD"], capture_output=True, text=True, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return None if dirty else head  # uncommitted changes: nothing built before can be trusted
+
+
+def sd15_artifacts(folder: Path, root: Path, rebuild: bool) -> dict:
+    """android-fp32/int8 ``.pte`` of the SD-1.5-architecture U-Net, by column key: (path, compile record).
+
+    Built by ``bench/compile.py``'s cold build, each in a fresh process, and
+    kept under ``root``; a kept one is reused when it was built by the same lgc
+    commit (a clean tree).
+    """
+    from compile import run_child
+
+    commit = _lgc_commit()
+    built = {}
+    for key, target in (("lgc_fp32", "android-fp32"), ("lgc_int8", "android-int8")):
+        pte = root / target / "unet.pte"
+        record_path = pte.with_suffix(".json")
+        record = json.loads(record_path.read_text()) if record_path.exists() and pte.exists() else {}
+        if rebuild or commit is None or record.get("lgc_commit") != commit:
+            print(f"building the {folder.name} U-Net -> {target} in a fresh process (minutes) ...", file=sys.stderr)
+            record_path.unlink(missing_ok=True)
+            record = run_child(folder, target, argparse.Namespace(steps=4, calibration_prompts=2, samples_per_timestep=2), keep=pte)
+            if record.get("failed"):
+                raise SystemExit(f"speed: building the U-Net for {target} failed (exit code {record['returncode']})")
+            record["lgc_commit"] = commit
+            record_path.write_text(json.dumps(record, indent=2) + "\n")
+        built[key] = (pte, record)
+    return built
+
+
+def bench_sd15_arch(args) -> dict:
+    from sd15_arch import ensure_folder
+
+    from lgc.compiler.model_import import load_pipeline
+    from lgc.runtime_harness.runners import open_runner
+
+    folder = ensure_folder(args.models_dir, lambda m: print(m, file=sys.stderr))
+    built = sd15_artifacts(folder, args.models_dir / f"{folder.name}-unet", args.rebuild)
+    comp = load_pipeline(folder, ("unet",), None).components["unet"]
+    inputs = tuple(comp.example_inputs)
+    eager = comp.module.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        fns = {"eager_fp32": lambda: eager(*inputs)}
+        fns["ort_fp32"], simplified = ort_session(eager, inputs, list(comp.input_names), Path(tmp))
+        for key, (pte, _) in built.items():
+            fns[key] = (lambda r: lambda: r(*inputs))(open_runner("executorch", pte))
+        print(f"timing {len(fns)} runtimes, {args.rounds} calls each (seconds per call at this size) ...", file=sys.stderr)
+        with torch.no_grad():
+            ms = interleaved_medians(fns, args.rounds, block=1)
+    ort = ms["ort_fp32"]
+    return {"unet": {
+        "latency_ms_median": {k: round(v, 1) for k, v in ms.items()},
+        "ratio_to_ort_fp32": {k: round(v / ort, 3) for k, v in ms.items()},
+        "onnxsim": simplified,
+        "delegation": {r["target"]: r["delegation"] for _, r in built.values()},
+        # the cold build that made each artifact: wall seconds and peak memory (bench/compile.py)
+        "build": {r["target"]: {k: r.get(k) for k in ("seconds", "peak_rss_mib", "pte_bytes", "lgc_commit")} for _, r in built.values()},
+        "tvm_tuning": None,
+    }}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default="reference", choices=["reference"], help="what to benchmark")
+    ap.add_argument("--model", default="reference", choices=["reference", "sd15-arch"], help="what to benchmark")
     ap.add_argument("--model-path", type=Path, default=None, help="a diffusers folder instead of lgc's reference model")
     ap.add_argument("--bundles", default=str(REPO / "build"), help="where the android-fp32/int8 and tvm-host bundles are (built if missing)")
-    ap.add_argument("--rounds", type=int, default=30, help="timed rounds (one call of every runtime per round)")
+    ap.add_argument("--rounds", type=int, default=None, help="timed rounds (one call of every runtime per round; default 30, sd15-arch 4)")
+    ap.add_argument("--models-dir", type=Path, default=REPO / "build" / "bench-models", help="sd15-arch: where the model folder and its builds are kept")
+    ap.add_argument("--rebuild", action="store_true", help="sd15-arch: rebuild the .pte files even if kept ones match this commit")
     ap.add_argument("--json", type=Path, default=None, help="write the results here")
     args = ap.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    args.rounds = args.rounds or (4 if args.model == "sd15-arch" else 30)
     results = {"model": args.model, "rounds": args.rounds, "torch_threads": torch.get_num_threads(),
                "machine": {"cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()},
-               "components": bench_reference(args)}
+               "components": bench_sd15_arch(args) if args.model == "sd15-arch" else bench_reference(args)}
     from rich.console import Console
     from rich.table import Table
 
@@ -169,11 +254,11 @@ def main(argv=None) -> int:
     for name, r in results["components"].items():
         ms, x, d = r["latency_ms_median"], r["ratio_to_ort_fp32"], r["delegation"]
         tuning = r["tvm_tuning"] or {}
-        t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8", "lgc_tvm_untuned", "lgc_tvm_tuned")),
-                  f"{tuning.get('kernels_scheduled', 0)}/{tuning.get('kernels', 0) + tuning.get('kernels_hand_scheduled', 0) or '?'}",
-                  f"{d['android-fp32']['delegate_subgraphs']}/{d['android-int8']['delegate_subgraphs']}",
-                  f"{d['android-fp32']['nondelegated_compute_ops']}/{d['android-int8']['nondelegated_compute_ops']}",
-                  f"{d['android-fp32']['delegate_transposes']}/{d['android-int8']['delegate_transposes']}")
+        t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" if k in ms else "-"
+                          for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8", "lgc_tvm_untuned", "lgc_tvm_tuned")),
+                  f"{tuning.get('kernels_scheduled', 0)}/{tuning.get('kernels', 0) + tuning.get('kernels_hand_scheduled', 0) or '?'}" if tuning else "-",
+                  *("/".join(str(d[t].get(k, "-")) for t in ("android-fp32", "android-int8"))
+                    for k in ("delegate_subgraphs", "nondelegated_compute_ops", "delegate_transposes")))
     Console(width=160).print(t)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
@@ -182,4 +267,5 @@ def main(argv=None) -> int:
 
 if __name__ == "__main__":
     sys.path.insert(0, str(REPO))
+    sys.path.insert(0, str(Path(__file__).resolve().parent))  # sd15_arch, compile
     sys.exit(main())
