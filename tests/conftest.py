@@ -23,16 +23,28 @@ REPO = Path(__file__).resolve().parent.parent
 _SHARED_BUILDS = ("bundles", "ios_bundles")
 
 
+# The slowest groups, slowest first (minutes on the 2-core CI machine, from `--durations`). xdist
+# hands groups to idle workers in collection order; started last, one of these ran alone for
+# minutes at the end while the other worker sat idle.
+_SLOWEST_FIRST = ("bundles", "tests.targets.test_tvm_tuning", "tests.compiler.test_check", "ios_bundles",
+                  "tests.compiler.test_reproducible", "tests.targets.test_tvm", "tests.passes.quantization.test_search_mixed_precision")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
 def pytest_collection_modifyitems(config, items):
     """Group tests for ``--dist loadgroup``: by the expensive session build they share, else by module.
 
     Grouping by module keeps module-scoped fixtures (a TVM tuning run, an arm64 build) built once.
-    Without xdist the mark is inert.
+    The slowest groups are moved to the front (a stable sort: each module keeps its order).
+    Without xdist the marks are inert and only the order changes.
     """
+    groups = {}
     for item in items:
         shared = next((name for name in _SHARED_BUILDS if name in item.fixturenames), None)
-        item.add_marker(pytest.mark.xdist_group(shared or item.module.__name__))
+        groups[item] = shared or item.module.__name__
+        item.add_marker(pytest.mark.xdist_group(groups[item]))
+    rank = {g: i for i, g in enumerate(_SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(groups[item], len(rank)))
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ DEGRADED = ['annotate_xnnpack_w8a8.operators=["conv","linear","add","mul"]', "an
 
 
 @pytest.fixture(scope="session")
-def degraded_bundle(tmp_path_factory, bundles):
+def degraded_bundle(tmp_path_factory):
     from lgc.compiler.build import build
     from lgc.compiler.ui import UI
 
