@@ -257,7 +257,7 @@ def main(argv=None) -> int:
         t.add_row(name, *(f"{ms[k]:.2f} ({x[k]:.2f}x)" if k in ms else "-"
                           for k in ("eager_fp32", "ort_fp32", "lgc_fp32", "lgc_int8", "lgc_tvm_untuned", "lgc_tvm_tuned")),
                   f"{tuning.get('kernels_scheduled', 0)}/{tuning.get('kernels', 0) + tuning.get('kernels_hand_scheduled', 0) or '?'}" if tuning else "-",
-                  *("/".join(str(d[t].get(k, "-")) for t in ("android-fp32", "android-int8"))
+                  *("/".join(str(d[target].get(k, "-")) for target in ("android-fp32", "android-int8"))
                     for k in ("delegate_subgraphs", "nondelegated_compute_ops", "delegate_transposes")))
     Console(width=160).print(t)
     if args.json:
