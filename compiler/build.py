@@ -15,6 +15,7 @@ from lgc.compiler.bundle import is_disk_full, sha256_file, size_bytes, staged_bu
 from lgc.compiler.errors import BuildError, LgcError, UnsupportedModelError
 from lgc.compiler.golden import pinned_steps
 from lgc.compiler.model_import import ImportedModel, load_pipeline
+from lgc.compiler.node_provenance import shared_node_provenance
 from lgc.compiler.pass_manager import PassManager, resolve_pipeline
 from lgc.compiler.stages import StageClock
 from lgc.passes.step_reduction.solvers import SamplerPlan
@@ -148,7 +149,8 @@ def lower_component(comp, profile: Profile, dest: Path, cache: ArtifactCache, st
             art["cached"] = True
             return art
         step(f"lowering {comp.name} ({profile.runtime}, {profile.precision}){note}")
-        art = EMITTERS[profile.runtime](comp, dest, profile, cache.workspace, progress)
+        with shared_node_provenance():  # lowering retraces the graph dozens of times; see node_provenance
+            art = EMITTERS[profile.runtime](comp, dest, profile, cache.workspace, progress)
         # Keyed by what the artifact was made from: tuning may have added records while emitting.
         cache.put(key(), dest, art)
         art["cached"] = False

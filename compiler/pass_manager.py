@@ -193,6 +193,12 @@ class PassManager:
         self.run_seconds_per_pass = run_seconds_per_pass
 
     def run(self, state) -> list[dict]:
+        from lgc.compiler.node_provenance import shared_node_provenance
+
+        with shared_node_provenance():  # quantization retraces every graph; see node_provenance
+            return self._run(state)
+
+    def _run(self, state) -> list[dict]:
         reports = []
         done: list[str] = []
         expected, deferred = {}, {}  # deferred: graph -> passes that changed it since it last ran
