@@ -150,14 +150,16 @@ def _reused_pool_builder(max_workers: int):
     """MetaSchedule's LocalBuilder, except that its worker processes serve many batches.
 
     A worker's first build imports tvm.s_tir.tensor_intrin, which parses a few hundred TVMScript
-    functions, each calling inspect.stack(); with torch imported (tvm_ffi imports it) that takes 30 s
+    functions, each calling inspect.stack(); with torch imported (tvm_ffi imports it) that took 30 s
     here. LocalBuilder starts new workers for every batch, so every kernel paid it: 30 s of the
-    45 s a kernel took at 16 trials.
+    45 s a kernel took at 16 trials. (The import itself is now cheap too: tensor_intrinsics.py.)
     """
     from tvm.ir.utils import derived_object
     from tvm.s_tir.meta_schedule.builder import BuilderResult, PyBuilder
     from tvm.s_tir.meta_schedule.builder.local_builder import _serialize_params, _worker_func
     from tvm.support.popen_pool import PopenPoolExecutor, StatusKind
+
+    from lgc.targets.tvm.tensor_intrinsics import import_tensor_intrinsics
 
     @derived_object
     class ReusedPoolBuilder(PyBuilder):
@@ -169,7 +171,10 @@ def _reused_pool_builder(max_workers: int):
             if self.pool is None or self.batches >= POOL_BATCHES:
                 if self.pool is not None:
                     self.pool.shutdown()
-                self.pool, self.batches = PopenPoolExecutor(max_workers=max_workers, timeout=BUILD_TIMEOUT_S), 0
+                # Each worker imports the tensor intrinsics when it starts, cheaply (tensor_intrinsics.py);
+                # its first build would otherwise import them through the slow path.
+                self.pool, self.batches = PopenPoolExecutor(max_workers=max_workers, timeout=BUILD_TIMEOUT_S,
+                                                            initializer=import_tensor_intrinsics), 0
             self.batches += 1
             results = []
             for r in self.pool.map_with_error_catching(
@@ -232,6 +237,7 @@ def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
+    from lgc.targets.tvm.tensor_intrinsics import import_tensor_intrinsics
     from lgc.targets.tvm.threads import use_physical_cores
 
     # Measured on this machine with the threads its kernels run on (threads.py), which MetaSchedule
@@ -255,6 +261,7 @@ def tune(mod, target_json: dict, own_db, applied_db, trials_per_task: int, work_
     # The evolutionary search breeds a population the cost model ranks, to pick each batch. At
     # MetaSchedule's 512 it took 90 s per normalisation kernel here, 6x the building and timing of
     # 16 candidates; 8 per trial (128 at least) is still 8x the candidates measured.
+    import_tensor_intrinsics()  # the tune contexts import them; see tensor_intrinsics.py
     strategy = ms.search_strategy.EvolutionarySearch(population_size=min(512, max(128, 8 * trials_per_task)))
     contexts, weights = ms.relax_integration.extracted_tasks_to_tune_contexts(missing, work_dir=str(work_dir),
                                                                               strategy=strategy, seed=0)
