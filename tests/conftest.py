@@ -23,9 +23,8 @@ REPO = Path(__file__).resolve().parent.parent
 _SHARED_BUILDS = ("bundles", "ios_bundles")
 
 
-# The slowest groups, slowest first (minutes on the 2-core CI machine, from `--durations`). xdist
-# hands groups to idle workers in collection order; started last, one of these ran alone for
-# minutes at the end while the other worker sat idle.
+# The slowest groups, slowest first (minutes on the 2-core CI machine, from `--durations`). Started
+# last, one of these ran alone for minutes at the end while the other worker sat idle.
 _SLOWEST_FIRST = ("bundles", "tests.targets.test_tvm_tuning", "tests.compiler.test_check", "ios_bundles",
                   "tests.compiler.test_reproducible", "tests.targets.test_tvm", "tests.passes.quantization.test_search_mixed_precision")
 
@@ -35,8 +34,9 @@ def pytest_collection_modifyitems(config, items):
     """Group tests for ``--dist loadgroup``: by the expensive session build they share, else by module.
 
     Grouping by module keeps module-scoped fixtures (a TVM tuning run, an arm64 build) built once.
-    The slowest groups are moved to the front (a stable sort: each module keeps its order).
-    Without xdist the marks are inert and only the order changes.
+    The slowest groups are moved to the front (a stable sort: each module keeps its order), and
+    the scheduler below hands groups out in that order. Without xdist the marks are inert and
+    only the order changes.
     """
     groups = {}
     for item in items:
@@ -45,6 +45,38 @@ def pytest_collection_modifyitems(config, items):
         item.add_marker(pytest.mark.xdist_group(groups[item]))
     rank = {g: i for i, g in enumerate(_SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(groups[item], len(rank)))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadgroup``, but groups go out in collection order (slowest first), one at a time.
+
+    xdist's own loadgroup scheduler defeats that order twice: it re-sorts groups by how many
+    tests they hold (so the reference-bundle group, with the most tests, went first whatever
+    its cost), and it hands a worker its next group while two tests of the current one are
+    still to run (so a two-test group such as the reproducibility builds came with the next
+    slow group attached). Here a worker gets its next group when it reaches the last test of
+    its current one: greedy longest-first scheduling.
+    """
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadGroupScheduling
+
+    class SlowestGroupsFirst(LoadGroupScheduling):
+        def _reschedule(self, node) -> None:
+            if node.shutting_down:
+                return
+            if not self.workqueue:
+                node.shutdown()
+                return
+            # A worker runs a test once it knows the next one (for fixture teardown), so one pending
+            # test means it is waiting for more work: only then is it given another group.
+            if self._pending_of(self.assigned_work[node]) > 1:
+                return
+            self._assign_work_unit(node)
+
+    config.option.loadscopereorder = False
+    return SlowestGroupsFirst(config, log)
 
 
 @pytest.fixture(scope="session")
