@@ -83,6 +83,26 @@ def interleaved_medians(fns: dict, rounds: int, block: int = 5, settle_s: float 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def time_component(comp, runners: dict, work_dir: Path, rounds: int, block: int = 5) -> tuple[dict, str]:
+    """Median latency (ms) of one component in eager torch, ONNX Runtime and each of ``runners``, side by side,
+    on the component's example inputs; and what became of onnxsim (see ort_session)."""
+    inputs = tuple(comp.example_inputs)
+    eager = comp.module.eval()
+    fns = {"eager_fp32": lambda: eager(*inputs)}
+    fns["ort_fp32"], simplified = ort_session(eager, inputs, list(comp.input_names), work_dir)
+    for key, runner in runners.items():
+        fns[key] = (lambda r: lambda: r(*inputs))(runner)
+    with torch.no_grad():
+        return interleaved_medians(fns, rounds, block=block), simplified
+
+
+def latency_fields(ms: dict, digits: int) -> dict:
+    """The JSON's latency figures: each median, and its ratio to ONNX Runtime fp32."""
+    ort = ms["ort_fp32"]
+    return {"latency_ms_median": {k: round(v, digits) for k, v in ms.items()},
+            "ratio_to_ort_fp32": {k: round(v / ort, 3) for k, v in ms.items()}}
+
+
 # lgc bundles benchmarked, by column key: (target, emit options, folder under --bundles). tvm-host
 # twice: with the tuning records it finds (lgc's reference model ships them) and with none.
 TARGET_COLUMNS = {"lgc_fp32": ("android-fp32", {}, "."), "lgc_int8": ("android-int8", {}, "."),
@@ -131,22 +151,15 @@ def bench_reference(args) -> dict:
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, comp in model.components.items():
-            inputs = tuple(comp.example_inputs)
-            eager = comp.module.eval()
-            fns = {"eager_fp32": lambda: eager(*inputs)}
             folder = Path(tmp) / name
             folder.mkdir()
-            fns["ort_fp32"], simplified = ort_session(eager, inputs, list(comp.input_names), folder)
+            runners = {}
             for key in TARGET_COLUMNS:
                 entry = manifests[key]["components"][name]
-                runner = open_runner(entry["runtime"], bundles[key] / entry["file"])
-                fns[key] = (lambda r: lambda: r(*inputs))(runner)
-            with torch.no_grad():
-                ms = interleaved_medians(fns, args.rounds)
-            ort = ms["ort_fp32"]
+                runners[key] = open_runner(entry["runtime"], bundles[key] / entry["file"])
+            ms, simplified = time_component(comp, runners, folder, args.rounds)
             results[name] = {
-                "latency_ms_median": {k: round(v, 3) for k, v in ms.items()},
-                "ratio_to_ort_fp32": {k: round(v / ort, 3) for k, v in ms.items()},
+                **latency_fields(ms, 3),
                 "onnxsim": simplified,
                 "delegation": {TARGET_COLUMNS[c][0]: {
                     **{k: reports[c]["components"][name].get(k) for k in ("delegate_subgraphs", "nondelegated_compute_ops", "nondelegated_ops")},
@@ -207,20 +220,12 @@ def bench_sd15_arch(args) -> dict:
     folder = ensure_folder(args.models_dir, lambda m: print(m, file=sys.stderr))
     built = sd15_artifacts(folder, args.models_dir / f"{folder.name}-unet", args.rebuild)
     comp = load_pipeline(folder, ("unet",), None).components["unet"]
-    inputs = tuple(comp.example_inputs)
-    eager = comp.module.eval()
+    runners = {key: open_runner("executorch", pte) for key, (pte, _) in built.items()}
+    print(f"timing {len(runners) + 2} runtimes, {args.rounds} calls each (seconds per call at this size) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        fns = {"eager_fp32": lambda: eager(*inputs)}
-        fns["ort_fp32"], simplified = ort_session(eager, inputs, list(comp.input_names), Path(tmp))
-        for key, (pte, _) in built.items():
-            fns[key] = (lambda r: lambda: r(*inputs))(open_runner("executorch", pte))
-        print(f"timing {len(fns)} runtimes, {args.rounds} calls each (seconds per call at this size) ...", file=sys.stderr)
-        with torch.no_grad():
-            ms = interleaved_medians(fns, args.rounds, block=1)
-    ort = ms["ort_fp32"]
+        ms, simplified = time_component(comp, runners, Path(tmp), args.rounds, block=1)
     return {"unet": {
-        "latency_ms_median": {k: round(v, 1) for k, v in ms.items()},
-        "ratio_to_ort_fp32": {k: round(v / ort, 3) for k, v in ms.items()},
+        **latency_fields(ms, 1),
         "onnxsim": simplified,
         "delegation": {r["target"]: r["delegation"] for _, r in built.values()},
         # the cold build that made each artifact: wall seconds and peak memory (bench/compile.py)
