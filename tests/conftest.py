@@ -23,10 +23,23 @@ REPO = Path(__file__).resolve().parent.parent
 _SHARED_BUILDS = ("bundles", "ios_bundles")
 
 
-# The slowest groups, slowest first (minutes on the 2-core CI machine, from `--durations`). Started
-# last, one of these ran alone for minutes at the end while the other worker sat idle.
-_SLOWEST_FIRST = ("bundles", "tests.targets.test_tvm_tuning", "tests.compiler.test_check", "ios_bundles",
-                  "tests.compiler.test_reproducible", "tests.targets.test_tvm", "tests.passes.quantization.test_search_mixed_precision")
+# The slowest groups, slowest first: seconds each took in one run on the 2-core CI machine
+# (`--durations=0`, summed per group), so that a greedy scheduler balances the two workers.
+# Started last, one of these ran alone for minutes at the end while the other worker sat idle.
+_SLOWEST_FIRST = (
+    "tests.compiler.test_reproducible",  # 527
+    "bundles",  # 499
+    "tests.compiler.test_check",  # 362
+    "ios_bundles",  # 335
+    "tests.passes.quantization.test_search_mixed_precision",  # 192
+    "tests.targets.test_coreml",  # 172
+    "tests.targets.test_tvm",  # 144
+    "tests.runtime_harness.coreml.test_mil_ops",  # 116
+    "tests.targets.test_tvm_tuning",  # 116
+    "tests.compiler.test_artifact_cache",  # 75
+    "tests.targets.test_tvm_tensor_intrinsics",  # 70
+    "tests.compiler.test_cli_errors",  # 67
+)
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook reads the marks
