@@ -83,7 +83,7 @@ def interleaved_medians(fns: dict, rounds: int, block: int = 5, settle_s: float 
     return {k: statistics.median(v) for k, v in times.items()}
 
 
-def time_component(comp, runners: dict, work_dir: Path, rounds: int, block: int = 5) -> tuple[dict, str]:
+def time_component(comp, runners: dict, work_dir: Path, rounds: int, block: int = 5) -> tuple[dict, bool | str]:
     """Median latency (ms) of one component in eager torch, ONNX Runtime and each of ``runners``, side by side,
     on the component's example inputs; and what became of onnxsim (see ort_session)."""
     inputs = tuple(comp.example_inputs)
