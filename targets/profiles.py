@@ -42,6 +42,10 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "unshare_dynamic_quantization",
     # Weight-only: embeddings are outside XNNPACK, so the PT2E flow leaves them fp32.
     "quantize_embedding_weights",
+    # After quantization: only the convolutions it left in fp32 become GEMMs
+    # (XNNPACK's quantized convolutions are faster as they are).
+    "conv_as_gemm",
+    "deconv_as_gemm",
     # Normalisations are decomposed after quantization: the quantizer would
     # annotate their add/mul in int8, and their statistics need fp32.
     "decompose_group_norm",
@@ -53,7 +57,7 @@ QUANTIZATION_PASSES = ("split_concat_conv", "analyze_sensitivity", "search_mixed
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
 # distinct_cat_inputs, expand_as_multiply and float_scalar_operands avoid ops ExecuTorch's
 # XNNPACK lowering would leave outside the delegate.
-XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "upsample_conv_as_deconv", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
+XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "upsample_conv_as_deconv", "conv_as_gemm", "deconv_as_gemm", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
 # Core ML and TVM targets: float, converted from the graphs as the fusion passes leave them.
 NON_XNNPACK_DISABLED = QUANTIZATION_PASSES + XNNPACK_FORM_PASSES
 

@@ -46,9 +46,9 @@ def lower_and_count(gm, inputs) -> dict:
     return {**summary, "xnnpack_ops": delegate_ops(edge.to_executorch().buffer)}
 
 
-def delegation_before_after(cls, module, *inputs, name="unet"):
-    """Lowering figures of ``module``'s graph without and with pass ``cls``."""
+def delegation_before_after(cls, module, *inputs, name="unet", **config):
+    """Lowering figures of ``module``'s graph without and with pass ``cls`` (``config``: its options)."""
     state = state_of(module, *inputs, name=name)
     before = lower_and_count(state.model.components[name].graph, inputs)
-    cls().run(state, cls.Config())
+    cls().run(state, cls.Config(**config))
     return before, lower_and_count(state.model.components[name].graph, inputs)
