@@ -100,7 +100,6 @@ class DeconvAsGemm(NodeRewritePass):
         hi_h, hi_w = max(0, qh - 1 + max(off_h) + th - h), max(0, qw - 1 + max(off_w) + tw - w)
         jh, jw = qh + max(off_h) - min(off_h), qw + max(off_w) - min(off_w)
         r0, c0 = min(off_h) + lo_h, min(off_w) + lo_w
-        windows = [(r0 + a, c0 + b, jh, jw) for a in range(th) for b in range(tw)]
         # GEMM rows (phase h, phase w, cout), columns (tap h, tap w, cin): W[cin, cout, idx_h[ra][a], idx_w[rb][b]].
         wt = weight.permute(1, 0, 2, 3)  # (Cout, Cin, kh, kw)
         full = torch.stack([torch.stack([wt[:, :, idx_h[ra]][:, :, :, idx_w[rb]] for rb in range(stride[1])]) for ra in range(stride[0])])
@@ -115,7 +114,8 @@ class DeconvAsGemm(NodeRewritePass):
         nhwc = g.call_function(aten.permute.default, (x, [0, 2, 3, 1]))
         if lo_h or hi_h or lo_w or hi_w:
             nhwc = g.call_function(aten.constant_pad_nd.default, (nhwc, [0, 0, lo_w, hi_w, lo_h, hi_h], 0.0))
-        flat = im2col_gemm(gm, nhwc, windows, mats, big_bias, arg(node, 1, "weight").target, chunk, like=node)
+        flat = im2col_gemm(gm, nhwc, (h + lo_h + hi_h, w + lo_w + hi_w), [r0 + a for a in range(th)], [c0 + b for b in range(tw)],
+                           (jh, jw), mats, big_bias, arg(node, 1, "weight").target, chunk, like=node)
         y = g.call_function(aten.reshape.default, (flat, [bsz, jh, jw, n]))
         phases = []
         for ra in range(stride[0]):

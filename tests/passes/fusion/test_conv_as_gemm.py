@@ -77,3 +77,10 @@ def test_result_lowers_to_one_delegate_of_gemms():
     assert before["xnnpack_ops"]["Conv2d"] == 1
     assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after
     assert after["xnnpack_ops"].get("Conv2d", 0) == 0 and after["xnnpack_ops"]["FullyConnected"] == 1, after["xnnpack_ops"]
+
+
+@pytest.mark.parametrize("kernel,padding,slices,cats", [(3, 1, 6, 2), ((3, 1), (1, 0), 3, 1)])
+def test_patches_take_column_then_row_shifts(kernel, padding, slices, cats):
+    """kh + kw slices and two concatenations (one when an axis has a single tap: no full-range slice either)."""
+    res, before, after, err = run_pass(ConvAsGemm, Conv(kernel=kernel, padding=padding), torch.randn(1, 16, 6, 6), **SMALL)
+    assert after["aten.slice.Tensor"] == slices and after["aten.cat.default"] == cats and err < 1e-5
