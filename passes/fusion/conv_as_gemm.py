@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.graph_utils import ALL_COMPONENTS, NodeRewritePass, add_constant, arg, constant_of, shape_of
+from lgc.passes.fusion.graph_utils import ALL_COMPONENTS, NodeRewritePass, add_constant, arg, constant_of, copy_module_meta, shape_of
 
 aten = torch.ops.aten
 
@@ -52,9 +52,16 @@ def im2col_gemm(gm, x_nhwc, size: tuple[int, int], row_starts, col_starts, out_h
     return out
 
 
-def copy_module_meta(new: torch.fx.Node, old: torch.fx.Node) -> None:
-    """The conv's module path stays on its replacement (sensitivity ranking and fp32 fallbacks name layers by it)."""
-    new.meta.update({key: old.meta[key] for key in ("nn_module_stack", "stack_trace", "source_fn_stack") if key in old.meta})
+def fp32_conv_operands(gm, node):
+    """(input, weight tensor, bias node, input shape) of a conv or transposed conv whose weight and bias are
+    fp32 constants of a 4-D input; None otherwise (after PT2E convert a quantized conv's weight is a dequantize node)."""
+    x, bias = arg(node, 0, "input"), arg(node, 2, "bias")
+    weight, shape = constant_of(gm, arg(node, 1, "weight")), shape_of(x)
+    if weight is None or weight.dim() != 4 or weight.dtype != torch.float32 or shape is None or len(shape) != 4:
+        return None
+    if bias is not None and constant_of(gm, bias) is None:
+        return None
+    return x, weight, bias, shape
 
 
 @register_pass
@@ -97,18 +104,14 @@ class ConvAsGemm(NodeRewritePass):
         max_k: int = 2880  # longest GEMM reduction (taps x input channels) before splitting the channels
 
     def rewrite(self, gm, node):
-        x = arg(node, 0, "input")
-        weight = constant_of(gm, arg(node, 1, "weight"))
-        bias = arg(node, 2, "bias")
-        shape = shape_of(x)
-        if weight is None or weight.dim() != 4 or shape is None or len(shape) != 4 or weight.dtype != torch.float32:
+        operands = fp32_conv_operands(gm, node)
+        if operands is None:
             return None
+        x, weight, bias, shape = operands
         cout, cin, kh, kw = weight.shape
         stride, padding, dilation = (list(v) * (2 // len(v)) for v in (arg(node, 3, "stride", [1]), arg(node, 4, "padding", [0]), arg(node, 5, "dilation", [1])))
         if (arg(node, 6, "groups", 1) != 1 or stride != [1, 1] or dilation != [1, 1] or isinstance(padding[0], str)
                 or kh * kw == 1 or cin < self.config.min_in_channels or cout < self.config.min_out_channels):
-            return None
-        if bias is not None and constant_of(gm, bias) is None:
             return None
         bsz, _, h, w = shape
         ph, pw = padding

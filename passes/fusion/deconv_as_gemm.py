@@ -5,8 +5,8 @@ from __future__ import annotations
 import torch
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.conv_as_gemm import ConvAsGemm, im2col_gemm, k_chunks
-from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of, shape_of
+from lgc.passes.fusion.conv_as_gemm import ConvAsGemm, fp32_conv_operands, im2col_gemm, k_chunks
+from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of
 
 aten = torch.ops.aten
 
@@ -74,19 +74,15 @@ class DeconvAsGemm(NodeRewritePass):
     Config = ConvAsGemm.Config
 
     def rewrite(self, gm, node):
-        x = arg(node, 0, "input")
-        weight = constant_of(gm, arg(node, 1, "weight"))
-        bias = arg(node, 2, "bias")
-        shape = shape_of(x)
-        if weight is None or weight.dim() != 4 or shape is None or len(shape) != 4 or weight.dtype != torch.float32:
+        operands = fp32_conv_operands(gm, node)
+        if operands is None:
             return None
+        x, weight, bias, shape = operands
         cin, cout, kh, kw = weight.shape
         stride, padding, out_pad, dilation = (list(v) * (2 // len(v)) for v in (
             arg(node, 3, "stride", [1]), arg(node, 4, "padding", [0]), arg(node, 5, "output_padding", [0]), arg(node, 7, "dilation", [1])))
         if (arg(node, 6, "groups", 1) != 1 or dilation != [1, 1] or out_pad != [0, 0] or stride == [1, 1]
                 or cin < self.config.min_in_channels or cout < self.config.min_out_channels):
-            return None
-        if bias is not None and constant_of(gm, bias) is None:
             return None
         bsz, _, h, w = shape
         axes = [phase_taps(k, s, p) for k, s, p in zip((kh, kw), stride, padding)]

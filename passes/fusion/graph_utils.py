@@ -62,6 +62,11 @@ def add_constant(gm: torch.fx.GraphModule, name: str, value: torch.Tensor) -> to
     return gm.graph.get_attr(name)
 
 
+def copy_module_meta(new: torch.fx.Node, old: torch.fx.Node) -> None:
+    """A replaced layer's module path, on the node that replaces it (sensitivity ranking and fp32 fallbacks name layers by it)."""
+    new.meta.update({key: old.meta[key] for key in ("nn_module_stack", "stack_trace", "source_fn_stack") if key in old.meta})
+
+
 def reshaped(gm: torch.fx.GraphModule, node, shape) -> torch.fx.Node:
     """``node`` reshaped to ``shape``; a constant is reshaped now rather than in the graph.
 

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of
+from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of, copy_module_meta
 from lgc.passes.fusion.upsample_as_deconv import upsample_factor
 
 aten = torch.ops.aten
@@ -80,7 +80,7 @@ class UpsampleConvAsDeconv(NodeRewritePass):
             w = add_constant(gm, f"{arg(conv, 1, 'weight').target}_upsampled_{k}x", fused_kernel(weight, k))
             new = gm.graph.call_function(aten.conv_transpose2d.input, (node.args[0], w, bias, [k, k], pad, [0, 0], 1, [1, 1]))
         # The conv's module path: sensitivity ranking, fp32 fallback and keep_float_modules name it as before.
-        new.meta.update({key: conv.meta[key] for key in ("nn_module_stack", "stack_trace", "source_fn_stack") if key in conv.meta})
+        copy_module_meta(new, conv)
         conv.replace_all_uses_with(new)
         gm.graph.erase_node(conv)
         gm.graph.erase_node(node)
