@@ -103,6 +103,11 @@ class ConvAsGemm(NodeRewritePass):
         min_out_channels: int = 64  # a GEMM with a handful of columns (a U-Net's conv_out) gains nothing
         max_k: int = 2880  # longest GEMM reduction (taps x input channels) before splitting the channels
 
+        def __post_init__(self):
+            for field in ("min_in_channels", "min_out_channels", "max_k"):
+                if not isinstance(getattr(self, field), int) or getattr(self, field) < 1:
+                    raise ValueError(f"{field} must be a positive integer, got {getattr(self, field)!r}")
+
     def rewrite(self, gm, node):
         operands = fp32_conv_operands(gm, node)
         if operands is None:

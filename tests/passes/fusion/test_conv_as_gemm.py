@@ -84,3 +84,9 @@ def test_patches_take_column_then_row_shifts(kernel, padding, slices, cats):
     """kh + kw slices and two concatenations (one when an axis has a single tap: no full-range slice either)."""
     res, before, after, err = run_pass(ConvAsGemm, Conv(kernel=kernel, padding=padding), torch.randn(1, 16, 6, 6), **SMALL)
     assert after["aten.slice.Tensor"] == slices and after["aten.cat.default"] == cats and err < 1e-5
+
+
+@pytest.mark.parametrize("option", [{"max_k": 0}, {"min_in_channels": -1}, {"min_out_channels": "64"}])
+def test_bad_options_are_refused_before_any_work(option):
+    with pytest.raises(ValueError, match=next(iter(option))):
+        ConvAsGemm.Config(**option)
