@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.conv_as_gemm import ConvAsGemm, fp32_conv_operands, im2col_gemm, k_chunks
+from lgc.passes.fusion.conv_as_gemm import ConvAsGemm, fp32_conv_operands, im2col_gemm, k_chunks, worth_a_gemm
 from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of
 
 aten = torch.ops.aten
@@ -81,10 +81,11 @@ class DeconvAsGemm(NodeRewritePass):
         cin, cout, kh, kw = weight.shape
         stride, padding, out_pad, dilation = (list(v) * (2 // len(v)) for v in (
             arg(node, 3, "stride", [1]), arg(node, 4, "padding", [0]), arg(node, 5, "output_padding", [0]), arg(node, 7, "dilation", [1])))
-        if (arg(node, 6, "groups", 1) != 1 or dilation != [1, 1] or out_pad != [0, 0] or stride == [1, 1]
-                or cin < self.config.min_in_channels or cout < self.config.min_out_channels):
+        if arg(node, 6, "groups", 1) != 1 or dilation != [1, 1] or out_pad != [0, 0] or stride == [1, 1]:
             return None
         bsz, _, h, w = shape
+        if not worth_a_gemm(self.config, cin, cout, kh * kw, bsz * h * w):
+            return None
         axes = [phase_taps(k, s, p) for k, s, p in zip((kh, kw), stride, padding)]
         outs = [(n - 1) * s - 2 * p + k for n, s, p, k in zip((h, w), stride, padding, (kh, kw))]
         if None in axes or any(o % s for o, s in zip(outs, stride)):

@@ -6,7 +6,7 @@ import torch
 from lgc.passes.fusion.conv_as_gemm import ConvAsGemm, k_chunks
 from tests.passes.fusion.conftest import delegation_before_after, run_pass, state_of
 
-SMALL = dict(min_in_channels=1, min_out_channels=1)  # the thresholds are about speed; the rewrite is exact at any size
+SMALL = dict(min_in_channels=1, min_out_channels=1, min_mflop=0)  # the thresholds are about speed; the rewrite is exact at any size
 
 
 class Conv(torch.nn.Module):
@@ -49,7 +49,8 @@ def test_each_gemm_keeps_the_convs_module_path():
     (Conv(stride=2), SMALL), (Conv(dilation=2, padding=2), SMALL), (Conv(16, 16, groups=2), SMALL), (Conv(kernel=1, padding=0), SMALL),
     (Conv(), {}),  # 16 input channels: below the default min_in_channels
     (Conv(128, 4), {}),  # 4 outputs (a U-Net's conv_out): below min_out_channels
-], ids=["strided", "dilated", "grouped", "1x1", "narrow", "few outputs"])
+    (Conv(128, 64), {}),  # 1 x 6 x 6 pixels: 5.3 MFLOP, below min_mflop (the reference U-Net's 4x4 and 8x8 convs)
+], ids=["strided", "dilated", "grouped", "1x1", "narrow", "few outputs", "little work"])
 def test_convs_it_should_not_rewrite_are_left_alone(module, config):
     res, before, after, err = run_pass(ConvAsGemm, module, torch.randn(1, module.conv.in_channels, 6, 6), **config)
     assert not res.changed and before == after and err == 0
@@ -73,7 +74,7 @@ def test_a_quantized_conv_is_left_alone():
 
 def test_result_lowers_to_one_delegate_of_gemms():
     x = torch.randn(2, 128, 8, 8)
-    before, after = delegation_before_after(ConvAsGemm, Conv(128, 64), x)
+    before, after = delegation_before_after(ConvAsGemm, Conv(128, 64), x, **SMALL)
     assert before["xnnpack_ops"]["Conv2d"] == 1
     assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after
     assert after["xnnpack_ops"].get("Conv2d", 0) == 0 and after["xnnpack_ops"]["FullyConnected"] == 1, after["xnnpack_ops"]
