@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.graph_utils import ALL_COMPONENTS, NodeRewritePass, add_constant, arg, constant_of, copy_module_meta, shape_of
+from lgc.passes.fusion.graph_utils import ALL_COMPONENTS, NodeRewritePass, add_constant, arg, constant_of, copy_module_meta, pair, shape_of
 
 aten = torch.ops.aten
 
@@ -82,16 +82,17 @@ class ConvAsGemm(NodeRewritePass):
             reduction length) is at most a few thousand; beyond that the
             weight panel no longer stays in cache (K = 11,520 for a
             1280-channel 3 x 3 conv: 38 GFLOP/s).
-    After:  ``x`` permuted to NHWC and zero-padded; each of the K x K taps is
-            a slice of it, the taps concatenated along channels (im2col),
-            and one ``linear`` per chunk of input channels (``max_k`` bounds
-            taps x chunk), the chunks summed; the result reshaped and
-            permuted back to NCHW. All of it is delegated (slice, cat,
-            fully-connected, add, transpose). A 320-channel 3 x 3 conv at 2 x
-            64 x 64 went 243 -> 169 ms, 640 channels at 32 x 32 286 -> 143 ms,
-            1280 at 16 x 16 360 -> 107 ms. Narrow convs on large images get
-            slower (the im2col copy dominates: 64 -> 32 channels at 128 x 128,
-            17 -> 29 ms), hence ``min_in_channels``.
+    After:  ``x`` permuted to NHWC and zero-padded; the patches of the
+            K x K taps built from slices and concatenations along channels
+            (im2col, see ``im2col_gemm``), and one ``linear`` per chunk of
+            input channels (``max_k`` bounds taps x chunk), the chunks
+            summed; the result reshaped and permuted back to NCHW. All of it
+            is delegated (slice, cat, fully-connected, add, transpose). A
+            320-channel 3 x 3 conv at 2 x 64 x 64 went 243 -> 150 ms, 640
+            channels at 32 x 32 286 -> 143 ms, 1280 at 16 x 16 360 -> 107 ms.
+            Narrow or small convs get slower (the im2col copy and the extra
+            ops dominate: 64 -> 32 channels at 128 x 128, 17 -> 29 ms), hence
+            the thresholds.
     Exact up to fp32 summation order. Runs after quantization and rewrites
     only convs whose weight is still a plain fp32 constant: XNNPACK's
     dynamically quantized convolution beat the same im2col with a dynamically
@@ -125,7 +126,7 @@ class ConvAsGemm(NodeRewritePass):
             return None
         x, weight, bias, shape = operands
         cout, cin, kh, kw = weight.shape
-        stride, padding, dilation = (list(v) * (2 // len(v)) for v in (arg(node, 3, "stride", [1]), arg(node, 4, "padding", [0]), arg(node, 5, "dilation", [1])))
+        stride, padding, dilation = pair(arg(node, 3, "stride"), 1), pair(arg(node, 4, "padding"), 0), pair(arg(node, 5, "dilation"), 1)
         if (arg(node, 6, "groups", 1) != 1 or stride != [1, 1] or dilation != [1, 1] or isinstance(padding[0], str)
                 or kh * kw == 1):
             return None

@@ -6,7 +6,7 @@ import torch
 
 from lgc.compiler.pass_manager import register_pass
 from lgc.passes.fusion.conv_as_gemm import ConvAsGemm, fp32_conv_operands, im2col_gemm, k_chunks, worth_a_gemm
-from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of
+from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of, pair
 
 aten = torch.ops.aten
 
@@ -79,8 +79,8 @@ class DeconvAsGemm(NodeRewritePass):
             return None
         x, weight, bias, shape = operands
         cin, cout, kh, kw = weight.shape
-        stride, padding, out_pad, dilation = (list(v) * (2 // len(v)) for v in (
-            arg(node, 3, "stride", [1]), arg(node, 4, "padding", [0]), arg(node, 5, "output_padding", [0]), arg(node, 7, "dilation", [1])))
+        stride, padding = pair(arg(node, 3, "stride"), 1), pair(arg(node, 4, "padding"), 0)
+        out_pad, dilation = pair(arg(node, 5, "output_padding"), 0), pair(arg(node, 7, "dilation"), 1)
         if arg(node, 6, "groups", 1) != 1 or dilation != [1, 1] or out_pad != [0, 0] or stride == [1, 1]:
             return None
         bsz, _, h, w = shape

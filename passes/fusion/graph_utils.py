@@ -62,6 +62,13 @@ def add_constant(gm: torch.fx.GraphModule, name: str, value: torch.Tensor) -> to
     return gm.graph.get_attr(name)
 
 
+def pair(v, default) -> list:
+    """A conv's stride, padding or dilation argument as [height, width] (given as one value, one-item list, pair or None)."""
+    v = default if v is None else v
+    v = list(v) if isinstance(v, (list, tuple)) else [v]
+    return v * 2 if len(v) == 1 else v
+
+
 def copy_module_meta(new: torch.fx.Node, old: torch.fx.Node) -> None:
     """A replaced layer's module path, on the node that replaces it (sensitivity ranking and fp32 fallbacks name layers by it)."""
     new.meta.update({key: old.meta[key] for key in ("nn_module_stack", "stack_trace", "source_fn_stack") if key in old.meta})

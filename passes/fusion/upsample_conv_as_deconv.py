@@ -6,16 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of, copy_module_meta
+from lgc.passes.fusion.graph_utils import NodeRewritePass, add_constant, arg, constant_of, copy_module_meta, pair
 from lgc.passes.fusion.upsample_as_deconv import upsample_factor
 
 aten = torch.ops.aten
-
-
-def _pair(v, default):
-    v = default if v is None else v
-    v = list(v) if isinstance(v, (list, tuple)) else [v]
-    return v * 2 if len(v) == 1 else v
 
 
 def fused_kernel(weight: torch.Tensor, k: int) -> torch.Tensor:
@@ -70,7 +64,7 @@ class UpsampleConvAsDeconv(NodeRewritePass):
         bias = arg(conv, 2, "bias")
         if weight is None or weight.dim() != 4 or (bias is not None and constant_of(gm, bias) is None):
             return None
-        stride, padding, dilation = _pair(arg(conv, 3, "stride"), [1]), _pair(arg(conv, 4, "padding"), [0]), _pair(arg(conv, 5, "dilation"), [1])
+        stride, padding, dilation = pair(arg(conv, 3, "stride"), 1), pair(arg(conv, 4, "padding"), 0), pair(arg(conv, 5, "dilation"), 1)
         if arg(conv, 6, "groups", 1) != 1 or stride != [1, 1] or dilation != [1, 1] or isinstance(padding[0], str):
             return None
         pad = [kernel - 1 - p for kernel, p in zip(weight.shape[2:], padding)]
