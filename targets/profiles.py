@@ -23,6 +23,9 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "fold_constants",  # first of them: the causal mask becomes a constant unmask_attention can take
     "unmask_attention",
     "split_geglu_chunk",
+    # Apple's Neural Engine layout for the iOS profiles: it reads attention as
+    # bmm/softmax/bmm and GEGLU's gate as slices, so it comes after both.
+    "transformer_as_bc1s",
     "distinct_cat_inputs",  # before quantization: the cat annotator then sees two inputs
     "expand_as_multiply",
     "float_scalar_operands",
@@ -58,7 +61,9 @@ QUANTIZATION_PASSES = ("split_concat_conv", "analyze_sensitivity", "search_mixed
 # distinct_cat_inputs, expand_as_multiply and float_scalar_operands avoid ops ExecuTorch's
 # XNNPACK lowering would leave outside the delegate.
 XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "upsample_conv_as_deconv", "conv_as_gemm", "deconv_as_gemm", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
-# Core ML and TVM targets: float, converted from the graphs as the fusion passes leave them.
+# Forms only Core ML's Neural Engine needs: XNNPACK and TVM keep sequences as (B, S, C) and linears as GEMMs.
+ANE_FORM_PASSES = ("transformer_as_bc1s",)
+# Core ML targets: float, converted from the graphs as the fusion passes leave them.
 NON_XNNPACK_DISABLED = QUANTIZATION_PASSES + XNNPACK_FORM_PASSES
 
 
@@ -152,13 +157,14 @@ PROFILES: dict[str, Profile] = {
             description="ExecuTorch .pte, XNNPACK delegate, PT2E static W8A8 (per-channel int8 weights, int8 activations)",
             runtime="executorch-xnnpack",
             precision="int8",
+            disabled_passes=ANE_FORM_PASSES,
         ),
         Profile(
             name="android-fp32",
             description="ExecuTorch .pte, XNNPACK delegate, fp32",
             runtime="executorch-xnnpack",
             precision="fp32",
-            disabled_passes=QUANTIZATION_PASSES,
+            disabled_passes=QUANTIZATION_PASSES + ANE_FORM_PASSES,
         ),
         *(
             Profile(
@@ -181,7 +187,7 @@ PROFILES: dict[str, Profile] = {
                 description=description,
                 runtime="tvm",
                 precision="fp32",
-                disabled_passes=NON_XNNPACK_DISABLED,
+                disabled_passes=NON_XNNPACK_DISABLED + ANE_FORM_PASSES,
                 # tuning_trials: MetaSchedule trials per kernel that has no record yet (0: apply the
                 # records there are, tune nothing; --tune-trials sets it). tuning_records false
                 # (--no-tuning-records): every kernel untuned, the fallback and the benchmark's baseline.
