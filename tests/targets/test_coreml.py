@@ -45,6 +45,19 @@ def test_ios_fp16_end_to_end_meets_apples_gate(ios_bundles):
     assert report["end_to_end"]["ssim_min"] >= 0.99
 
 
+def test_ios_unet_is_in_the_neural_engine_form(ios_bundles):
+    """transformer_as_bc1s reaches the program: projections are 1x1 convs, and no sequence is transposed per block."""
+    folder, _ = ios_bundles["ios-fp16"]
+    ops = MilProgram(folder / "unet.mlpackage").op_types()
+    # Without the pass: 71 linear, 60 transpose, 24 matmul, 12 softmax. With it, only the time-embedding MLP
+    # and the ResNet blocks' time projections stay linear (11), the text is transposed once for all blocks,
+    # and each of the 12 attentions is split into its 4 heads (96 matmul, 48 softmax).
+    assert ops.get("transpose", 0) <= 1, ops
+    assert ops["linear"] <= 11 and ops["matmul"] == 96 and ops["softmax"] == 48, ops
+    record = [p for p in json.loads((folder / "passes.json").read_text())["passes"] if p["pass"] == "transformer_as_bc1s"]
+    assert record[0]["details"] == {"regions": {"unet": 6}, "attention": {"unet": 12}}, record
+
+
 def test_ios_w4_is_palettized_and_smaller(ios_bundles):
     fp16, _ = ios_bundles["ios-fp16"]
     w4, report = ios_bundles["ios-w4"]
