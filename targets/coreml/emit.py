@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from lgc.targets.coreml import dedup_small_constants
+
 # Core ML has no int64 tensors: the converter turns int64 inputs into int32.
 COREML_DTYPE = {"FLOAT32": "float32", "FLOAT16": "float16", "INT32": "int32"}
 
@@ -106,22 +108,6 @@ def _deterministic_spec(package: Path, component: str, target: str) -> None:
     spec_path.write_bytes(spec.SerializeToString(deterministic=True))
 
 
-def _pass_pipeline():
-    """coremltools' default pipeline, with small constants deduplicated too.
-
-    Every op's parameters (strides, axes, slice bounds, shapes) are separate
-    ``const`` ops in the program, each with its own name and type: 1,143 of
-    the reference U-Net's 1,866 ops. ``const_deduplication`` merges equal
-    constants only from 100 elements on; from 1 element on, ops share them.
-    Weights are unaffected, so this shrinks every profile's program alike.
-    """
-    import coremltools as ct
-
-    pipeline = ct.PassPipeline.DEFAULT
-    pipeline.set_options("common::const_deduplication", {"const_threshold": 1})
-    return pipeline
-
-
 def _io_specs(features) -> list[dict]:
     out = []
     for f in features:
@@ -129,19 +115,6 @@ def _io_specs(features) -> list[dict]:
         dtype = COREML_DTYPE[type(arr).ArrayDataType.Name(arr.dataType)]
         out.append({"name": f.name, "shape": list(arr.shape), "dtype": dtype})
     return out
-
-
-def _convert(ep, target):
-    import coremltools as ct
-    from coremltools.converters.mil.mil.passes.defs.cleanup.const_deduplication import const_deduplication
-
-    # The option sets a class attribute, so it would outlive this conversion: put it back.
-    threshold = const_deduplication._const_threshold
-    try:
-        return ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=target,
-                          compute_precision=ct.precision.FLOAT16, skip_model_load=True, pass_pipeline=_pass_pipeline())
-    finally:
-        const_deduplication._const_threshold = threshold
 
 
 def emit(component, out_dir: Path, profile) -> dict:
@@ -158,7 +131,9 @@ def emit(component, out_dir: Path, profile) -> dict:
         # Folding fp32 constants to fp16 overflows the attention masks' large negatives to -inf:
         # exactly what a mask means, and numpy's warning about it would only alarm users.
         warnings.filterwarnings("ignore", message="overflow encountered in cast", category=RuntimeWarning)
-        mlmodel = _convert(ep, target)
+        mlmodel = ct.convert(ep, convert_to="mlprogram", minimum_deployment_target=target,
+                             compute_precision=ct.precision.FLOAT16, skip_model_load=True,
+                             pass_pipeline=dedup_small_constants.pipeline())
     consts = _const_shapes(mlmodel)
     # Feature names as the manifest gives them (the converter names them after graph nodes).
     spec = mlmodel.get_spec()

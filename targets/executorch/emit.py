@@ -89,12 +89,13 @@ def partitioner(backend: str, options: dict):
         from executorch.backends.apple.coreml.compiler import CoreMLBackend
         from executorch.backends.apple.coreml.partition import CoreMLPartitioner
 
+        from lgc.targets.coreml import dedup_small_constants
         from lgc.targets.coreml.emit import register_missing_torch_ops
 
         register_missing_torch_ops()
         specs = CoreMLBackend.generate_compile_specs(
             minimum_deployment_target=getattr(ct.target, options["minimum_deployment_target"]),
-            compute_precision=ct.precision.FLOAT16)
+            compute_precision=ct.precision.FLOAT16, pass_names=dedup_small_constants.pass_names())
         return CoreMLPartitioner(compile_specs=specs)
     raise ValueError(f"unknown ExecuTorch backend {backend!r}")
 
