@@ -17,10 +17,15 @@ def state_of(module: torch.nn.Module, *inputs, name: str = "unet"):
     return SimpleNamespace(model=SimpleNamespace(components={name: comp}))
 
 
-def run_pass(cls, module, *inputs, name="unet", **config):
-    """Run ``cls`` on ``module``; return (result, ops before, ops after, max abs error vs eager)."""
+def run_pass(cls, module, *inputs, name="unet", first=(), **config):
+    """Run ``cls`` on ``module``; return (result, ops before, ops after, max abs error vs eager).
+
+    ``first``: passes run before it with their default options (the graph as the pipeline hands it over).
+    """
     state = state_of(module, *inputs, name=name)
     comp = state.model.components[name]
+    for earlier in first:
+        earlier().run(state, earlier.Config())
     before = op_histogram(comp.graph)
     res = cls().run(state, cls.Config(**config))
     after = op_histogram(comp.graph)

@@ -3,11 +3,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lgc.compiler.pass_manager import op_histogram
 from lgc.passes.fusion.split_geglu_chunk import SplitGegluChunk
 from lgc.passes.fusion.transformer_as_bc1s import TransformerAsBc1s
 from lgc.passes.fusion.unmask_attention import UnmaskAttention
-from tests.passes.fusion.conftest import state_of
+from tests.passes.fusion.conftest import run_pass, state_of
 
 HEADS = 2
 
@@ -36,16 +35,7 @@ def inputs():
 
 def rewrite(module, *args, **config):
     """The graph as the iOS pipeline gives it to the pass, then the pass: (result, ops before, ops after, max error)."""
-    state = state_of(module, *args)
-    comp = state.model.components["unet"]
-    for cls in (UnmaskAttention, SplitGegluChunk):
-        cls().run(state, cls.Config())
-    before = op_histogram(comp.graph)
-    res = TransformerAsBc1s().run(state, TransformerAsBc1s.Config(**config))
-    after = op_histogram(comp.graph)
-    with torch.no_grad():
-        err = (comp.graph(*args) - module(*args)).abs().max().item()
-    return res, before, after, err
+    return run_pass(TransformerAsBc1s, module, *args, first=(UnmaskAttention, SplitGegluChunk), **config)
 
 
 @pytest.mark.parametrize("linear_projection", [False, True], ids=["conv-proj", "linear-proj (SD-2)"])
