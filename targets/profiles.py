@@ -179,6 +179,7 @@ PROFILES: dict[str, Profile] = {
                 ("ios-fp16", "fp16", "fp16", "fp16 weights", "iOS17"),
                 ("ios-w8", "w8-fp16", "int8-linear", "int8 per-channel linear weights", "iOS17"),
                 ("ios-w4", "w4-fp16", "4bit-palettized", "4-bit palettized weights (per grouped channel)", "iOS18"),
+                ("ios-w6", "w6-fp16", "6bit-palettized", "6-bit palettized weights (per grouped channel)", "iOS18"),
             )
         ),
         *(

@@ -169,7 +169,7 @@ def test_a_real_process_prints_one_line_and_no_traceback(tmp_path):
     res = lgc("build", "--target", "android-int4-turbo", "--out", str(tmp_path / "out"))
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert [line for line in res.stderr.splitlines() if line.startswith("lgc: ")] == [
-        "lgc: error: unknown target 'android-int4-turbo'; known targets: android-int8, android-fp32, ios-fp16, ios-w8, ios-w4, tvm-host, tvm-android-arm64, ios-et"]
+        "lgc: error: unknown target 'android-int4-turbo'; known targets: android-int8, android-fp32, ios-fp16, ios-w8, ios-w4, ios-w6, tvm-host, tvm-android-arm64, ios-et"]
     res = lgc("--debug", "build", "--target", "android-int4-turbo", "--out", str(tmp_path / "out"))
     assert res.returncode != 0 and "Traceback" in res.stderr  # --debug shows it
 
