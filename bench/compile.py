@@ -37,7 +37,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 TARGETS = ("android-int8", "android-fp32")
 # Buildable on request: Core ML packages too (their size at SD scale is what ios-w4's bar is about).
-BUILDABLE = ("android-int8", "android-fp32", "ios-fp16", "ios-w8", "ios-w4")
+BUILDABLE = TARGETS + ("ios-fp16", "ios-w8", "ios-w4", "ios-w6")
 # issue 11's bars for the SD-1.5-architecture U-Net to android-int8
 BARS = {"seconds": 600, "peak_rss_gib": 12}
 
@@ -55,11 +55,11 @@ def model_folder(name: str, root: Path, progress) -> Path:
 def build_unet(folder: Path, target: str, steps: int, prompts: int, samples: int, out: Path, cache: Path) -> dict:
     """One cold build of the U-Net to ``target`` in this process, as ``lgc build`` runs it: the stage records."""
     from lgc.compiler.artifact_cache import ArtifactCache
+    from lgc.compiler.bundle import size_bytes
     from lgc.compiler.build import BuildState, export_components, lower_component
     from lgc.compiler.model_import import load_pipeline
     from lgc.compiler.pass_manager import PassManager, resolve_pipeline
     from lgc.compiler.stages import StageClock, peak_rss_mib
-    from lgc.compiler.bundle import size_bytes
     from lgc.compiler.ui import UI
     from lgc.targets.profiles import get_profile
 

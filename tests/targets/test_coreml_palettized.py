@@ -45,8 +45,8 @@ def test_palette_has_two_to_the_bits_entries_and_decodes_as_coremltools_does(wei
     program = MilProgram(tmp_path / "pal.mlpackage")
     x = torch.randn(1, 32, 8, 8, dtype=torch.float16)
     assert torch.equal(program(x)[0], MilProgram(tmp_path / "dense.mlpackage")(x)[0])
-    # Each group of 16 output channels takes at most 2**nbits distinct values, and uses more than the
-    # next smaller palette would hold (the bits are used, not just declared).
+    # Each group of 16 output channels takes at most 2**nbits distinct values, and more than a palette
+    # two bits narrower would hold (the bits are used, not just declared).
     decoded = [op.outputs[0].val for op in dense._mil_program.functions["main"].operations
                if op.op_type == "const" and np.ndim(op.outputs[0].val) >= 2]
     assert sorted(w.shape for w in decoded) == [(48, 32, 3, 3), (64, 48)]
