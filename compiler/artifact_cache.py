@@ -93,7 +93,11 @@ def component_key(component, profile, lgc_version: str, extra: dict | None = Non
     return graph_digest(component.graph, {
         "lgc": lgc_version, "emitter": emitter_source_digest(), "component": component.name, "runtime": profile.runtime,
         "precision": profile.precision, "emit": profile.emit_options, **({"extra": extra} if extra else {}),
-        "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs]})
+        "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs],
+        # The artifact holds the component's extra methods too (fold_timestep_embedding's time_features).
+        **({"methods": {name: graph_digest(m.graph, {"inputs": [[list(t.shape), str(t.dtype)] for t in m.example_inputs]})
+                        for name, m in sorted(getattr(component, "methods", {}).items())}}
+           if getattr(component, "methods", None) else {})})
 
 
 class ArtifactCache:

@@ -54,6 +54,7 @@ def export_components(model: ImportedModel, names: tuple[str, ...] | None = None
     for name, comp in model.components.items():
         if names is not None and name not in names:
             continue
+        comp.restore_source_signature()  # a --min-psnr retry captures again what an earlier attempt's passes changed
         try:
             ep = torch.export.export(comp.module, comp.example_inputs, strict=False)
         except Exception as e:
@@ -172,7 +173,7 @@ def _emit_bundle(profile: Profile, model: ImportedModel, state: BuildState, stag
         art = lower_component(comp, profile, stage, cache, stages.step, progress=counter(f"tuning {name}"))
         path = stage / art["file"]
         with torch.no_grad():
-            out_example = comp.module(*comp.example_inputs)
+            out_example = comp.module(*(comp.source_inputs or comp.example_inputs))
         entries[name] = manifest_mod.component_entry(comp, art, sha256_file(path), size_bytes(path),
                                                      RUNNERS[profile.runtime], profile.precision, out_example)
         artifacts[name] = art

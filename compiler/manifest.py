@@ -61,4 +61,6 @@ def component_entry(comp, artifact: dict, sha: str, nbytes: int, runtime: str, p
         # An artifact that takes other dtypes than the torch graph (Core ML: int32 ids) says so itself.
         "inputs": artifact.get("inputs") or [tensor_spec(n, t) for n, t in zip(comp.input_names, comp.example_inputs)],
         "outputs": artifact.get("outputs") or [tensor_spec(n, t) for n, t in zip(comp.output_names, outs)],
+        **({"methods": {name: {k: m[k] for k in ("inputs", "outputs", "feeds", "replaces")} for name, m in artifact["methods"].items()}}
+           if artifact.get("methods") else {}),
     }

@@ -47,6 +47,31 @@ class Component:
     source_class: str
     graph: torch.fx.GraphModule | None = None
     meta: dict = field(default_factory=dict)
+    # Extra entry points shipped in the same artifact (e.g. the U-Net's ``time_features``,
+    # see passes/fusion/fold_timestep_embedding.py), by method name.
+    methods: dict[str, "Method"] = field(default_factory=dict)
+    # The eager module's inputs, when a pass changed what the graph takes (``example_inputs``).
+    source_inputs: tuple | None = None
+    source_input_names: list[str] | None = None
+
+    def restore_source_signature(self) -> None:
+        """Back to the eager module's inputs and a single method, before the graph is captured again."""
+        if self.source_inputs is not None:
+            self.example_inputs, self.input_names = self.source_inputs, self.source_input_names
+            self.source_inputs = self.source_input_names = None
+        self.methods = {}
+
+
+@dataclass
+class Method:
+    """A second graph of a component: the app calls it to compute the input ``feeds`` of ``forward``."""
+
+    graph: torch.fx.GraphModule
+    example_inputs: tuple
+    input_names: list[str]
+    output_names: list[str]
+    feeds: str  # the forward input its output is
+    replaces: str  # the component input it takes the place of (the app passes that value to this method instead)
 
 
 @dataclass

@@ -122,7 +122,7 @@ def open_bundle(bundle: Path, manifest: dict, artifacts: Path | None = None) -> 
     """
     bundle = Path(bundle)
     where = Path(artifacts) if artifacts else bundle
-    fns = {name: open_runner(c["runtime"], where / c["file"]) for name, c in manifest["components"].items()}
+    fns = {name: open_runner(c["runtime"], where / c["file"], c) for name, c in manifest["components"].items()}
     return fns, load_tokenizer(bundle / manifest["tokenizer"]["folder"])
 
 

@@ -38,21 +38,42 @@ def _runtime_failure(path: Path, where: str, e: Exception):
 class ExecuTorchRunner:
     """A ``.pte`` loaded by the ExecuTorch runtime (the same runtime an app links)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, feeders: dict[int, str] | None = None):
+        """``feeders``: {forward input position: method name} for inputs another method of the program computes.
+
+        Called with the component's own inputs (the U-Net's timestep where
+        ``forward`` takes ``time_features``), the runner calls that method on
+        the value at that position, once per distinct value, as an app keeps
+        one row per sampler step: ``forward`` alone is the per-step cost.
+        """
         from executorch.runtime import Runtime
 
         register_quantized_kernels()
         self.path = Path(path)
         self.program = Runtime.get().load_program(self.path)
         self.method = self.program.load_method("forward")
+        self.feeders = {i: self.program.load_method(name) for i, name in (feeders or {}).items()}
+        self.rows: dict[tuple, torch.Tensor] = {}
 
-    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+    def _execute(self, method, inputs):
         try:
-            outs = self.method.execute([t.contiguous() for t in inputs])
+            return method.execute([t.contiguous() for t in inputs])[0]
         except RuntimeError as e:
             # The runtime logs its reason on stderr just above; keep the line short and name the artifact.
             raise _runtime_failure(self.path, "the ExecuTorch runtime", e) from e
-        return outs[0]
+
+    def forward_inputs(self, *inputs: torch.Tensor) -> list[torch.Tensor]:
+        """What ``forward`` takes, given the component's own inputs."""
+        inputs = list(inputs)
+        for i, method in self.feeders.items():
+            key = (i, tuple(inputs[i].reshape(-1).tolist()))
+            if key not in self.rows:
+                self.rows[key] = self._execute(method, [inputs[i]]).clone()
+            inputs[i] = self.rows[key]
+        return inputs
+
+    def __call__(self, *inputs: torch.Tensor) -> torch.Tensor:
+        return self._execute(self.method, self.forward_inputs(*inputs) if self.feeders else inputs)
 
 
 class CoreMLRunner:
@@ -204,8 +225,20 @@ class EagerRunner:
 RUNNERS = {"executorch": ExecuTorchRunner, "executorch-coreml": ExecuTorchCoreMLRunner, "coreml": CoreMLRunner, "tvm": TVMRunner}
 
 
-def open_runner(kind: str, path: Path):
-    return RUNNERS[kind](path)
+def feeders(entry: dict | None) -> dict[int, str]:
+    """{forward input position: method} from a manifest component entry's ``methods``."""
+    names = [i["name"] for i in (entry or {}).get("inputs", [])]
+    return {names.index(m["feeds"]): name for name, m in (entry or {}).get("methods", {}).items()}
+
+
+def open_runner(kind: str, path: Path, entry: dict | None = None):
+    """The artifact at ``path`` in its runtime; ``entry``, its manifest entry, says which methods feed ``forward``."""
+    found = feeders(entry)
+    if found and kind != "executorch":
+        from lgc.compiler.errors import UsageError
+
+        raise UsageError(f"{Path(path).name}: methods other than forward are only run for ExecuTorch (XNNPACK) artifacts, not {kind}")
+    return RUNNERS[kind](path, found) if found else RUNNERS[kind](path)
 
 
 def median_latency_ms(fn, inputs, repeats: int = 5, warmup: int = 1) -> float:

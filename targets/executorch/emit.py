@@ -131,11 +131,18 @@ def timed_lowering_steps(part, seconds: dict):
             setattr(backends[name], "preprocess", original)
 
 
+def _single_output(method) -> torch.Tensor:
+    with torch.no_grad():
+        return method.graph(*method.example_inputs)
+
+
 def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | None = None) -> dict:
     from executorch.exir import to_edge_transform_and_lower
 
     t0 = time.perf_counter()
     ep = torch.export.export(component.graph, component.example_inputs, strict=False)
+    # A component's extra methods (passes/fusion/fold_timestep_embedding.py) go in the same program.
+    extra = {name: torch.export.export(m.graph, m.example_inputs, strict=False) for name, m in component.methods.items()}
     t_export = time.perf_counter() - t0
     from lgc.targets.executorch.dynamic_conv_layout import fixed_dynamic_conv_layout
     from lgc.targets.executorch.shared_preprocess_weights import shared_preprocess_weights
@@ -144,11 +151,21 @@ def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | Non
     part = partitioner(backend, options or {})
     steps: dict[str, float] = {}
     with fixed_dynamic_conv_layout(), short_named_keys(), shared_preprocess_weights(), timed_lowering_steps(part, steps):
-        edge = to_edge_transform_and_lower(ep, partitioner=[part])
+        edge = to_edge_transform_and_lower({"forward": ep, **extra} if extra else ep, partitioner=[part])
     t_lower = time.perf_counter() - t0 - t_export
     lowered = edge.exported_program()
     summary = delegation_summary(lowered.graph_module, lowered.graph_signature.user_inputs)
     libraries = kernel_libraries(edge.exported_program().graph_module)
+    from lgc.compiler.manifest import tensor_spec
+
+    methods = {}
+    for name, m in component.methods.items():
+        method_ep = edge.exported_program(name)
+        libraries = sorted(set(libraries) | set(kernel_libraries(method_ep.graph_module)))
+        methods[name] = {"inputs": [tensor_spec(n, t) for n, t in zip(m.input_names, m.example_inputs)],
+                         "outputs": [tensor_spec(m.output_names[0], _single_output(m))],
+                         "feeds": m.feeds, "replaces": m.replaces,
+                         **delegation_summary(method_ep.graph_module, method_ep.graph_signature.user_inputs)}
     prog = edge.to_executorch()
     t_serialize = time.perf_counter() - t0 - t_export - t_lower
     path = Path(out_dir) / f"{component.name}.pte"
@@ -162,4 +179,5 @@ def emit(component, out_dir: Path, backend: str = "xnnpack", options: dict | Non
         "seconds": {"export": round(t_export, 2), "lower": round(t_lower, 2),
                     **{k: round(v, 2) for k, v in steps.items()}, "serialize": round(t_serialize, 2)},
         **summary,
+        **({"methods": methods} if methods else {}),
     }
