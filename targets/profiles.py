@@ -55,12 +55,15 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "decompose_layer_norm",
     # Exact data movement: quantizing it would add rounding and no speed.
     "upsample_as_deconv",
+    # Last: it changes the U-Net's inputs, which calibration and the searches above feed.
+    "fold_timestep_embedding",
 )
 QUANTIZATION_PASSES = ("split_concat_conv", "analyze_sensitivity", "search_mixed_precision", "annotate_xnnpack_w8a8", "calibrate_observers", "convert_pt2e", "unshare_dynamic_quantization", "quantize_embedding_weights")
 # Forms only XNNPACK needs: Core ML converts GroupNorm, LayerNorm and nearest upsampling natively.
 # distinct_cat_inputs, expand_as_multiply and float_scalar_operands avoid ops ExecuTorch's
-# XNNPACK lowering would leave outside the delegate.
-XNNPACK_FORM_PASSES = ("distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "upsample_conv_as_deconv", "conv_as_gemm", "deconv_as_gemm", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
+# XNNPACK lowering would leave outside the delegate. fold_timestep_embedding needs an
+# artifact with two methods, which only the ExecuTorch emitter writes.
+XNNPACK_FORM_PASSES = ("fold_timestep_embedding", "distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "upsample_conv_as_deconv", "conv_as_gemm", "deconv_as_gemm", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
 # Forms only Core ML's Neural Engine needs: XNNPACK and TVM keep sequences as (B, S, C) and linears as GEMMs.
 ANE_FORM_PASSES = ("transformer_as_bc1s",)
 # Core ML targets: float, converted from the graphs as the fusion passes leave them.

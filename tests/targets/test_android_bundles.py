@@ -45,6 +45,13 @@ def test_each_pte_runs_in_the_executorch_runtime(bundles, target):
             inputs.append(torch.zeros(spec["shape"], dtype=dtype) if dtype == torch.long else torch.randn(spec["shape"]))
         out = method.execute(inputs)[0]
         assert list(out.shape) == c["outputs"][0]["shape"] and torch.isfinite(out).all(), name
+        # Methods other than forward (the U-Net's time_features) compute one of forward's inputs.
+        forward_inputs = {spec["name"]: spec for spec in c["inputs"]}
+        for mname, m in c.get("methods", {}).items():
+            other = Runtime.get().load_program(folder / c["file"]).load_method(mname)
+            got = other.execute([torch.full(spec["shape"], 500.0) for spec in m["inputs"]])[0]
+            assert list(got.shape) == m["outputs"][0]["shape"] == forward_inputs[m["feeds"]]["shape"], (name, mname)
+    assert set(man["components"]["unet"]["methods"]) == {"time_features"}
 
 
 @pytest.mark.parametrize("target", ["android-int8", "android-fp32"])
