@@ -88,6 +88,8 @@ def build_unet(folder: Path, target: str, steps: int, prompts: int, samples: int
         "target": target, "seconds": round(time.perf_counter() - t0, 1), "peak_rss_mib": peak_rss_mib(),
         "unet_params": model.info["unet_params"], "file": art["file"], "artifact_bytes": size_bytes(out / art["file"]),
         "lowering_seconds": art["seconds"],
+        # What a runner needs to call it with the U-Net's own inputs (open_runner's manifest entry).
+        "runner_entry": {"inputs": [{"name": n} for n in comp.input_names], **({"methods": art["methods"]} if art.get("methods") else {})},
         **({"pte_bytes": (out / art["file"]).stat().st_size,
             "delegation": {k: art[k] for k in ("delegate_subgraphs", "delegated_nodes", "nondelegated_compute_ops", "nondelegated_ops")}}
            if art["file"].endswith(".pte") else {}),

@@ -54,6 +54,21 @@ def operator_times(pte: Path, inputs: tuple, calls: int) -> dict[str, tuple[int,
     return {k: (n, ms) for k, (n, ms) in kinds.items()}
 
 
+def forward_inputs(pte: Path, component: str, inputs: tuple) -> tuple:
+    """The inputs of the program's ``forward``: a method that computes one of them (the U-Net's time_features) runs first.
+
+    Which method feeds which input is in the bundle's manifest next to the
+    ``.pte``, or in the build record ``bench/compile.py`` keeps beside it.
+    """
+    from lgc.runtime_harness.runners import ExecuTorchRunner, feeders
+
+    manifest, record = pte.parent / "manifest.json", pte.with_suffix(".json")
+    entry = (json.loads(manifest.read_text())["components"].get(component) if manifest.exists()
+             else json.loads(record.read_text()).get("runner_entry") if record.exists() else None)
+    found = feeders(entry)
+    return tuple(ExecuTorchRunner(pte, found).forward_inputs(*inputs)) if found else inputs
+
+
 def example_inputs(model: str, component: str) -> tuple:
     from lgc.compiler.model_import import load_pipeline
 
@@ -80,7 +95,8 @@ def main(argv=None) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    times = operator_times(args.pte, example_inputs(args.model, args.component), args.calls)
+    inputs = forward_inputs(args.pte, args.component, example_inputs(args.model, args.component))
+    times = operator_times(args.pte, inputs, args.calls)
     total = sum(ms for _, ms in times.values())
     table = Table(title=f"{args.pte} ({args.component}): {total:.1f} ms per call in XNNPACK operators")
     for col in ("operator", "count", "ms per call", "share"):

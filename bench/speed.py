@@ -156,7 +156,7 @@ def bench_reference(args) -> dict:
             runners = {}
             for key in TARGET_COLUMNS:
                 entry = manifests[key]["components"][name]
-                runners[key] = open_runner(entry["runtime"], bundles[key] / entry["file"])
+                runners[key] = open_runner(entry["runtime"], bundles[key] / entry["file"], entry)
             ms, simplified = time_component(comp, runners, folder, args.rounds)
             results[name] = {
                 **latency_fields(ms, 3),
@@ -220,7 +220,7 @@ def bench_sd15_arch(args) -> dict:
     folder = ensure_folder(args.models_dir, lambda m: print(m, file=sys.stderr))
     built = sd15_artifacts(folder, args.models_dir / f"{folder.name}-unet", args.rebuild)
     comp = load_pipeline(folder, ("unet",), None).components["unet"]
-    runners = {key: open_runner("executorch", pte) for key, (pte, _) in built.items()}
+    runners = {key: open_runner("executorch", pte, record.get("runner_entry")) for key, (pte, record) in built.items()}
     print(f"timing {len(runners) + 2} runtimes, {args.rounds} calls each (seconds per call at this size) ...", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
         ms, simplified = time_component(comp, runners, Path(tmp), args.rounds, block=1)
