@@ -29,17 +29,24 @@ def phase_taps(kernel: int, stride: int, padding: int) -> tuple[int, list[int], 
     return (counts.pop(), offsets, indices) if len(counts) == 1 and 0 not in counts else None
 
 
-def interleave_phases(g, phases, stride_h: int, stride_w: int, shape: list[int]):
-    """(B, Qh, Qw, C) phase tensors, ``phases[ra][rb]``, into one (B, Qh*sh, Qw*sw, C): out[:, sh*q+ra, sw*p+rb] = phases[ra][rb][:, q, p]."""
-    b, qh, qw, c = shape
+def interleave_phases(g, phases, stride_h: int, stride_w: int, shape: list[int], h_axis: int = 1):
+    """Phase tensors ``phases[ra][rb]`` of ``shape`` into one: out[.., sh*q+ra, sw*p+rb, ..] = phases[ra][rb][.., q, p, ..].
+
+    ``h_axis``: where the rows are, the columns right after them (1: NHWC, 2: NCHW).
+    """
+    w_axis = h_axis + 1
 
     def stack(nodes, shape, dim):
         # A reshape adds the new axis: XNNPACK (executorch 1.5.1) takes a view, not an unsqueeze.
         parts = [g.call_function(aten.reshape.default, (n, shape[:dim] + [1] + shape[dim:])) for n in nodes]
         return g.call_function(aten.cat.default, (parts, dim)) if len(parts) > 1 else parts[0]
 
-    rows = [g.call_function(aten.reshape.default, (stack(row, [b, qh, qw, c], 3), [b, qh, qw * stride_w, c])) for row in phases]
-    return g.call_function(aten.reshape.default, (stack(rows, [b, qh, qw * stride_w, c], 2), [b, qh * stride_h, qw * stride_w, c]))
+    wide = list(shape)
+    wide[w_axis] *= stride_w
+    rows = [g.call_function(aten.reshape.default, (stack(row, list(shape), w_axis + 1), wide)) for row in phases]
+    out = list(wide)
+    out[h_axis] *= stride_h
+    return g.call_function(aten.reshape.default, (stack(rows, wide, h_axis + 1), out))
 
 
 @register_pass
@@ -62,8 +69,9 @@ class DeconvAsGemm(NodeRewritePass):
             concatenations, then permuted back to NCHW. The same multiply-
             accumulates as the transposed convolution, all in XNNPACK's GEMM.
     Exact up to fp32 summation order. Runs after quantization and rewrites
-    only transposed convs whose weight is still fp32: XNNPACK's dynamically
-    quantized deconvolution is fast (the three SD-1.5 upsamples: 0.38 s).
+    only transposed convs whose weight is still fp32: int8 ones are
+    ``deconv_as_phase_convs``'s (XNNPACK's quantized deconvolution does not
+    have the fp32 one's problem, but is still slower than its convolutions).
     """
 
     name = "deconv_as_gemm"
