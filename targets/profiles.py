@@ -31,6 +31,9 @@ SHARED_PIPELINE: tuple[str, ...] = (
     "float_scalar_operands",
     # Before quantization: the fused transposed conv is quantized as one layer.
     "upsample_conv_as_deconv",
+    # int8 only, before quantization so each phase is quantized as a conv: XNNPACK's quantized
+    # deconvolution is slower than its convolutions (fp32 ones become GEMMs in deconv_as_gemm instead).
+    "deconv_as_phase_convs",
     # A quantization recipe that rewrites the graph: before anything ranks or annotates its layers.
     "split_concat_conv",
     # Analysis of the fp32 graphs the quantizer is about to see (--explain).
@@ -64,10 +67,12 @@ QUANTIZATION_PASSES = ("split_concat_conv", "analyze_sensitivity", "search_mixed
 # XNNPACK lowering would leave outside the delegate. fold_timestep_embedding needs an
 # artifact with two methods, which only the ExecuTorch emitter writes.
 XNNPACK_FORM_PASSES = ("fold_timestep_embedding", "distinct_cat_inputs", "expand_as_multiply", "float_scalar_operands", "upsample_conv_as_deconv", "conv_as_gemm", "deconv_as_gemm", "decompose_group_norm", "decompose_layer_norm", "upsample_as_deconv")
+# Forms only quantized XNNPACK programs need.
+INT8_FORM_PASSES = ("deconv_as_phase_convs",)
 # Forms only Core ML's Neural Engine needs: XNNPACK and TVM keep sequences as (B, S, C) and linears as GEMMs.
 ANE_FORM_PASSES = ("transformer_as_bc1s",)
 # Core ML targets: float, converted from the graphs as the fusion passes leave them.
-NON_XNNPACK_DISABLED = QUANTIZATION_PASSES + XNNPACK_FORM_PASSES
+NON_XNNPACK_DISABLED = QUANTIZATION_PASSES + XNNPACK_FORM_PASSES + INT8_FORM_PASSES
 
 
 @dataclass(frozen=True)
@@ -167,7 +172,7 @@ PROFILES: dict[str, Profile] = {
             description="ExecuTorch .pte, XNNPACK delegate, fp32",
             runtime="executorch-xnnpack",
             precision="fp32",
-            disabled_passes=QUANTIZATION_PASSES + ANE_FORM_PASSES,
+            disabled_passes=QUANTIZATION_PASSES + INT8_FORM_PASSES + ANE_FORM_PASSES,
         ),
         *(
             Profile(
