@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from lgc.compiler.pass_manager import register_pass
@@ -27,6 +29,41 @@ def phase_taps(kernel: int, stride: int, padding: int) -> tuple[int, list[int], 
         offsets.append(d - len(ks) + 1)
         indices.append(ks[::-1])  # window tap t reads x[q + offset + t], i.e. m = taps - 1 - t
     return (counts.pop(), offsets, indices) if len(counts) == 1 and 0 not in counts else None
+
+
+@dataclass(frozen=True)
+class SubpixelPlan:
+    """How a strided transposed convolution splits into stride_h x stride_w output phases, per axis (rows, columns)."""
+
+    stride: list[int]
+    taps: tuple[int, int]  # input taps each phase reads
+    offsets: tuple[list[int], list[int]]  # per phase: where its window starts, relative to the output position
+    indices: tuple[list[list[int]], list[list[int]]]  # per phase and window tap: the kernel index
+    phase_shape: tuple[int, int]  # (Qh, Qw): each phase's output size
+    pad: tuple[int, int, int, int]  # (top, bottom, left, right): padding that keeps every phase's window inside the input
+
+    def kernel(self, weight: torch.Tensor, ra: int, rb: int) -> torch.Tensor:
+        """Phase (ra, rb)'s correlation kernel (Cout, Cin, taps_h, taps_w), from the transposed conv's (Cin, Cout, kh, kw)."""
+        return weight.permute(1, 0, 2, 3)[:, :, self.indices[0][ra]][:, :, :, self.indices[1][rb]]
+
+
+def subpixel_plan(node: torch.fx.Node, weight_shape, input_shape) -> SubpixelPlan | None:
+    """The phase decomposition of ``conv_transpose2d`` ``node``, or None (grouped, dilated, output-padded, stride 1, uneven phases)."""
+    stride, padding = pair(arg(node, 3, "stride"), 1), pair(arg(node, 4, "padding"), 0)
+    out_pad, dilation = pair(arg(node, 5, "output_padding"), 0), pair(arg(node, 7, "dilation"), 1)
+    if arg(node, 6, "groups", 1) != 1 or dilation != [1, 1] or out_pad != [0, 0] or stride == [1, 1]:
+        return None
+    _, _, kh, kw = weight_shape
+    h, w = input_shape[2:]
+    axes = [phase_taps(k, s, p) for k, s, p in zip((kh, kw), stride, padding)]
+    outs = [(n - 1) * s - 2 * p + k for n, s, p, k in zip((h, w), stride, padding, (kh, kw))]
+    if None in axes or any(o % s for o, s in zip(outs, stride)):
+        return None
+    (th, off_h, idx_h), (tw, off_w, idx_w) = axes
+    qh, qw = outs[0] // stride[0], outs[1] // stride[1]
+    lo_h, lo_w = max(0, -min(off_h)), max(0, -min(off_w))
+    hi_h, hi_w = max(0, qh - 1 + max(off_h) + th - h), max(0, qw - 1 + max(off_w) + tw - w)
+    return SubpixelPlan(stride, (th, tw), (off_h, off_w), (idx_h, idx_w), (qh, qw), (lo_h, hi_h, lo_w, hi_w))
 
 
 def interleave_phases(g, phases, stride_h: int, stride_w: int, shape: list[int], h_axis: int = 1):
@@ -87,27 +124,19 @@ class DeconvAsGemm(NodeRewritePass):
             return None
         x, weight, bias, shape = operands
         cin, cout, kh, kw = weight.shape
-        stride, padding = pair(arg(node, 3, "stride"), 1), pair(arg(node, 4, "padding"), 0)
-        out_pad, dilation = pair(arg(node, 5, "output_padding"), 0), pair(arg(node, 7, "dilation"), 1)
-        if arg(node, 6, "groups", 1) != 1 or dilation != [1, 1] or out_pad != [0, 0] or stride == [1, 1]:
-            return None
         bsz, _, h, w = shape
         if not worth_a_gemm(self.config, cin, cout, kh * kw, bsz * h * w):
             return None
-        axes = [phase_taps(k, s, p) for k, s, p in zip((kh, kw), stride, padding)]
-        outs = [(n - 1) * s - 2 * p + k for n, s, p, k in zip((h, w), stride, padding, (kh, kw))]
-        if None in axes or any(o % s for o, s in zip(outs, stride)):
+        plan = subpixel_plan(node, weight.shape, shape)
+        if plan is None:
             return None
-        (th, off_h, idx_h), (tw, off_w, idx_w) = axes
-        qh, qw = outs[0] // stride[0], outs[1] // stride[1]
-        # Pad so that every phase's windows lie inside the tensor; the im2col covers the union of their positions.
-        lo_h, lo_w = max(0, -min(off_h)), max(0, -min(off_w))
-        hi_h, hi_w = max(0, qh - 1 + max(off_h) + th - h), max(0, qw - 1 + max(off_w) + tw - w)
+        stride, (th, tw), (off_h, off_w), (qh, qw) = plan.stride, plan.taps, plan.offsets, plan.phase_shape
+        # Padded so that every phase's windows lie inside the tensor; the im2col covers the union of their positions.
+        lo_h, hi_h, lo_w, hi_w = plan.pad
         jh, jw = qh + max(off_h) - min(off_h), qw + max(off_w) - min(off_w)
         r0, c0 = min(off_h) + lo_h, min(off_w) + lo_w
-        # GEMM rows (phase h, phase w, cout), columns (tap h, tap w, cin): W[cin, cout, idx_h[ra][a], idx_w[rb][b]].
-        wt = weight.permute(1, 0, 2, 3)  # (Cout, Cin, kh, kw)
-        full = torch.stack([torch.stack([wt[:, :, idx_h[ra]][:, :, :, idx_w[rb]] for rb in range(stride[1])]) for ra in range(stride[0])])
+        # GEMM rows (phase h, phase w, cout), columns (tap h, tap w, cin): each phase's correlation kernel.
+        full = torch.stack([torch.stack([plan.kernel(weight, ra, rb) for rb in range(stride[1])]) for ra in range(stride[0])])
         full = full.permute(0, 1, 2, 4, 5, 3)  # (sh, sw, Cout, th, tw, Cin)
         chunk = k_chunks(cin, th * tw, self.config.max_k)
         n = stride[0] * stride[1] * cout

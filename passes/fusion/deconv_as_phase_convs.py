@@ -7,8 +7,8 @@ from dataclasses import dataclass
 import torch
 
 from lgc.compiler.pass_manager import register_pass
-from lgc.passes.fusion.deconv_as_gemm import interleave_phases, phase_taps
-from lgc.passes.fusion.graph_utils import ALL_COMPONENTS, NodeRewritePass, add_constant, arg, constant_of, copy_module_meta, pair, shape_of
+from lgc.passes.fusion.deconv_as_gemm import interleave_phases, subpixel_plan
+from lgc.passes.fusion.graph_utils import ALL_COMPONENTS, NodeRewritePass, add_constant, arg, constant_of, copy_module_meta, shape_of
 
 aten = torch.ops.aten
 
@@ -53,35 +53,23 @@ class DeconvAsPhaseConvs(NodeRewritePass):
         shape = shape_of(node.args[0])
         if weight is None or shape is None or len(shape) != 4:
             return None
-        stride, padding = pair(arg(node, 3, "stride"), 1), pair(arg(node, 4, "padding"), 0)
-        out_pad, dilation = pair(arg(node, 5, "output_padding"), 0), pair(arg(node, 7, "dilation"), 1)
-        if arg(node, 6, "groups", 1) != 1 or dilation != [1, 1] or out_pad != [0, 0] or stride == [1, 1]:
+        cin, cout = weight.shape[:2]
+        plan = subpixel_plan(node, weight.shape, shape) if cin >= self.config.min_in_channels else None
+        if plan is None:
             return None
-        bsz, _, h, w = shape
-        cin, cout, kh, kw = weight.shape
-        if cin < self.config.min_in_channels:
-            return None
-        axes = [phase_taps(k, s, p) for k, s, p in zip((kh, kw), stride, padding)]
-        outs = [(n - 1) * s - 2 * p + k for n, s, p, k in zip((h, w), stride, padding, (kh, kw))]
-        if None in axes or any(o % s for o, s in zip(outs, stride)):
-            return None
-        (th, off_h, idx_h), (tw, off_w, idx_w) = axes
-        qh, qw = outs[0] // stride[0], outs[1] // stride[1]
-        # Pad so that every phase's window lies inside the tensor.
-        lo_h, lo_w = max(0, -min(off_h)), max(0, -min(off_w))
-        hi_h, hi_w = max(0, qh - 1 + max(off_h) + th - h), max(0, qw - 1 + max(off_w) + tw - w)
+        stride, (th, tw), (off_h, off_w), (qh, qw) = plan.stride, plan.taps, plan.offsets, plan.phase_shape
+        lo_h, hi_h, lo_w, hi_w = plan.pad
         g = gm.graph
         x = node.args[0]
         if lo_h or hi_h or lo_w or hi_w:
             x = g.call_function(aten.constant_pad_nd.default, (x, [lo_w, hi_w, lo_h, hi_h], 0.0))
         bias = arg(node, 2, "bias")
         bias_value = constant_of(gm, bias) if bias is not None else None
-        wt = weight.permute(1, 0, 2, 3)  # (Cout, Cin, kh, kw); window tap t of phase r is kernel index idx[r][t]
         phases = []
         for ra in range(stride[0]):
             row = []
             for rb in range(stride[1]):
-                kernel = wt[:, :, idx_h[ra]][:, :, :, idx_w[rb]].contiguous()
+                kernel = plan.kernel(weight, ra, rb).contiguous()
                 top, left = off_h[ra] + lo_h, off_w[rb] + lo_w
                 window = g.call_function(aten.slice.Tensor, (x, 2, top, top + qh + th - 1))
                 window = g.call_function(aten.slice.Tensor, (window, 3, left, left + qw + tw - 1))
@@ -92,4 +80,4 @@ class DeconvAsPhaseConvs(NodeRewritePass):
                 copy_module_meta(conv, node)
                 row.append(conv)
             phases.append(row)
-        return interleave_phases(g, phases, stride[0], stride[1], [bsz, cout, qh, qw], h_axis=2)
+        return interleave_phases(g, phases, stride[0], stride[1], [shape[0], cout, qh, qw], h_axis=2)
