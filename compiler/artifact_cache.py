@@ -90,14 +90,18 @@ def emitter_source_digest() -> str:
 
 def component_key(component, profile, lgc_version: str, extra: dict | None = None) -> str:
     """``extra``: what else the emitter reads (a runtime's ``KEY_MATERIAL``, e.g. TVM's tuning records)."""
+    methods = getattr(component, "methods", None)
     return graph_digest(component.graph, {
         "lgc": lgc_version, "emitter": emitter_source_digest(), "component": component.name, "runtime": profile.runtime,
         "precision": profile.precision, "emit": profile.emit_options, **({"extra": extra} if extra else {}),
-        "inputs": [[list(t.shape), str(t.dtype)] for t in component.example_inputs],
+        "inputs": _input_specs(component.example_inputs),
         # The artifact holds the component's extra methods too (fold_timestep_embedding's time_features).
-        **({"methods": {name: graph_digest(m.graph, {"inputs": [[list(t.shape), str(t.dtype)] for t in m.example_inputs]})
-                        for name, m in sorted(getattr(component, "methods", {}).items())}}
-           if getattr(component, "methods", None) else {})})
+        **({"methods": {name: graph_digest(m.graph, {"inputs": _input_specs(m.example_inputs)}) for name, m in sorted(methods.items())}}
+           if methods else {})})
+
+
+def _input_specs(inputs) -> list:
+    return [[list(t.shape), str(t.dtype)] for t in inputs]
 
 
 class ArtifactCache:

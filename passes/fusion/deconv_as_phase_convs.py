@@ -74,8 +74,9 @@ class DeconvAsPhaseConvs(NodeRewritePass):
                 window = g.call_function(aten.slice.Tensor, (x, 2, top, top + qh + th - 1))
                 window = g.call_function(aten.slice.Tensor, (window, 3, left, left + qw + tw - 1))
                 k = add_constant(gm, f"{arg(node, 1, 'weight').target}_phase{ra}{rb}", kernel)
-                # A bias of its own: XNNPACKQuantizer skips a conv whose bias another conv's annotation already claimed.
-                b = add_constant(gm, f"{bias.target}_phase{ra}{rb}", bias_value.clone()) if bias_value is not None else bias
+                # A bias node of its own (add_constant makes one per call, over one buffer): XNNPACKQuantizer
+                # skips a conv whose bias node another conv's annotation already claimed.
+                b = add_constant(gm, f"{bias.target}_phases", bias_value) if bias_value is not None else bias
                 conv = g.call_function(aten.conv2d.default, (window, k, b))
                 copy_module_meta(conv, node)
                 row.append(conv)

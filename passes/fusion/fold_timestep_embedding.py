@@ -21,6 +21,10 @@ def _is_check(node: torch.fx.Node) -> bool:
     return any(word in str(node.target) for word in _CHECKS)
 
 
+def _placeholder(gm: torch.fx.GraphModule, name: str) -> torch.fx.Node:
+    return next(n for n in gm.graph.nodes if n.op == "placeholder" and n.name == name)
+
+
 def input_cone(gm: torch.fx.GraphModule, input_name: str) -> tuple[list[torch.fx.Node], list[torch.fx.Node]]:
     """(cone, frontier): the nodes computed from ``input_name`` and constants only, and those of them another node reads.
 
@@ -42,7 +46,7 @@ def input_cone(gm: torch.fx.GraphModule, input_name: str) -> tuple[list[torch.fx
     return cone, frontier
 
 
-def features_graph(gm: torch.fx.GraphModule, input_name: str, cone, frontier) -> torch.fx.GraphModule:
+def features_graph(gm: torch.fx.GraphModule, input_name: str, frontier) -> torch.fx.GraphModule:
     """A graph of ``input_name`` alone that returns the frontier values flattened and concatenated, (1, F)."""
     needed: set = set()
     stack = list(frontier)
@@ -53,7 +57,7 @@ def features_graph(gm: torch.fx.GraphModule, input_name: str, cone, frontier) ->
         needed.add(n)
         stack.extend(n.all_input_nodes)
     g = torch.fx.Graph()
-    env = {next(n for n in gm.graph.nodes if n.op == "placeholder" and n.name == input_name): g.placeholder(input_name)}
+    env = {_placeholder(gm, input_name): g.placeholder(input_name)}
     for n in gm.graph.nodes:
         if n in needed:
             env[n] = g.node_copy(n, lambda a: env[a])
@@ -66,7 +70,7 @@ def features_graph(gm: torch.fx.GraphModule, input_name: str, cone, frontier) ->
 def take_features(gm: torch.fx.GraphModule, input_name: str, feature_name: str, cone, frontier) -> None:
     """Rewrite ``gm`` in place: the input ``input_name`` becomes ``feature_name``, (1, F), sliced into the frontier values."""
     g = gm.graph
-    old = next(n for n in g.nodes if n.op == "placeholder" and n.name == input_name)
+    old = _placeholder(gm, input_name)
     with g.inserting_before(old):
         new = g.placeholder(feature_name)
     offset = 0
@@ -128,7 +132,7 @@ class FoldTimestepEmbedding(Pass):
                 continue
             i = comp.input_names.index(config.input)
             t = comp.example_inputs[i]
-            features = features_graph(gm, config.input, cone, frontier)
+            features = features_graph(gm, config.input, frontier)
             with torch.no_grad():
                 example = features(t)
             take_features(gm, config.input, config.method, cone, frontier)
@@ -139,6 +143,6 @@ class FoldTimestepEmbedding(Pass):
             comp.methods[config.method] = Method(features, (t,), [config.input], [config.method], feeds=config.method,
                                                  replaces=config.input)
             refresh_meta(gm, comp.example_inputs)
-            moved[name] = {"ops_moved": sum(1 for n in cone if n.op == "call_function"), "frontier": len(frontier),
+            moved[name] = {"ops_moved": len(cone), "frontier": len(frontier),
                            "features": int(example.shape[1])}
         return PassResult(bool(moved), {"moved": moved})
