@@ -18,7 +18,7 @@ from lgc.compiler.model_import import ImportedModel, load_pipeline
 from lgc.compiler.node_provenance import shared_node_provenance
 from lgc.compiler.pass_manager import PassManager, resolve_pipeline
 from lgc.compiler.stages import StageClock
-from lgc.passes.step_reduction.solvers import SamplerPlan
+from lgc.passes.step_reduction.sampler_plan import SamplerPlan
 from lgc.targets import EMITTERS, KEY_MATERIAL, RUNNERS
 from lgc.targets.executorch.emit import DELEGATION_FIELDS
 from lgc.targets.profiles import TWIN_SHARED_EMIT_OPTIONS, Profile, get_profile
@@ -107,7 +107,7 @@ def _goldens_for(model: ImportedModel, sampler: dict, golden_dir: Path | None):
 def _quality_vs_steps(model: ImportedModel, bundle: Path, manifest: dict, step_counts, cache_dir: Path, ui) -> dict:
     """The quality-vs-steps table against the model's 50-step goldens (or an eager 50-step reference without them)."""
     from lgc.compiler.golden import GOLDEN_PROMPTS
-    from lgc.passes.step_reduction.solvers import SOLVERS
+    from lgc.passes.step_reduction.scheduler_lowering import relower
     from lgc.runtime_harness.golden import find_goldens, read_golden_dir
     from lgc.runtime_harness.harness import eager_reference, open_bundle
     from lgc.runtime_harness.quality_vs_steps import quality_vs_steps
@@ -116,7 +116,7 @@ def _quality_vs_steps(model: ImportedModel, bundle: Path, manifest: dict, step_c
     goldens = read_golden_dir(folder) if folder else None
     if goldens is None or goldens.manifest.get("image_size") != model.info["image_size"]:
         s = manifest["sampler"]
-        plan = SOLVERS[s["solver"]](model.scheduler_config, REFERENCE_STEPS, s["guidance_scale"]).to_json()
+        plan = relower(s, steps=REFERENCE_STEPS).to_json()
         goldens = eager_reference(model, plan, GOLDEN_PROMPTS[:4], [0, 1], [])
     fns, tokenizer = open_bundle(bundle, manifest)
     return quality_vs_steps(model, fns, tokenizer, manifest, goldens, step_counts, cache_dir, progress=ui.step)
@@ -219,6 +219,9 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
         stages = StageClock(ui.step)
         stages.step(f"importing {model_path}")
         model = load_pipeline(model_path, profile.components, profile.image_size)
+        for p in planned:  # a scheduler lgc refuses is refused now, not after minutes of export
+            if p.cls.name == "lower_sampler":
+                p.cls.lower(model.scheduler_config, p.config)
         # Saved before anything tokenizes: a fast tokenizer that has padded or truncated keeps those
         # settings in tokenizer.json, so the file would depend on whether calibration ran or was cached.
         model.tokenizer.save_pretrained(stage / "tokenizer")

@@ -7,6 +7,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from lgc.compiler.errors import UsageError
+from lgc.passes.step_reduction.sampler_plan import check_plan
 
 SCHEMA_VERSION = 1
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
@@ -28,6 +29,10 @@ def validate(manifest: dict) -> None:
     except jsonschema.ValidationError as e:
         where = "/".join(str(p) for p in e.absolute_path) or "(top level)"
         raise UsageError(f"manifest is invalid at {where}: {e.message}") from None
+    try:  # what a JSON Schema cannot say: the per-step arrays agree in length, every constant is finite
+        check_plan(manifest["sampler"])
+    except ValueError as e:
+        raise UsageError(f"manifest is invalid at sampler: {e}") from None
 
 
 def load(bundle: Path) -> dict:

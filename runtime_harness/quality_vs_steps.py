@@ -50,17 +50,17 @@ def quality_vs_steps(model, fns: dict, tokenizer, manifest: dict, goldens, step_
                      cache_dir=None, progress=None) -> dict:
     """Rows of (schedule, steps) -> fp32 and artifact PSNR/SSIM against ``goldens`` (the many-step reference)."""
     from lgc.passes.step_reduction.optimize_timesteps import OptimizeTimesteps, optimized_plan
-    from lgc.passes.step_reduction.solvers import SOLVERS
+    from lgc.passes.step_reduction.scheduler_lowering import relower, why_not_searchable
 
     sampler = manifest["sampler"]
-    solver, g = sampler["solver"], sampler["guidance_scale"]
-    schedules = ("default",) if solver == "lcm" else ("default", "optimized")
+    solver = sampler["solver"]
+    schedules = ("default",) if why_not_searchable(sampler) else ("default", "optimized")
     rows = []
     for n in step_counts:
         for schedule in schedules:
             if progress:
                 progress(f"quality vs steps: {solver} x{n}, {schedule} timesteps")
-            plan = SOLVERS[solver](model.scheduler_config, n, g)
+            plan = relower(sampler, steps=n)
             search = None
             if schedule == "optimized":
                 search = optimized_plan(model, plan, OptimizeTimesteps.Config(schedule="optimized"), cache_dir)

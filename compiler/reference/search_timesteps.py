@@ -26,9 +26,8 @@ from pathlib import Path
 def main(argv=None) -> int:
     from lgc.compiler.build import DEFAULT_MODEL
     from lgc.compiler.model_import import load_pipeline
-    from lgc.passes.step_reduction.lower_sampler import default_solver
     from lgc.passes.step_reduction.optimize_timesteps import SHIPPED_SEARCHES, OptimizeTimesteps, optimized_plan
-    from lgc.passes.step_reduction.solvers import SOLVERS
+    from lgc.passes.step_reduction.scheduler_lowering import lower_scheduler, resolve_scheduler
     from lgc.runtime_harness.quality_vs_steps import DEFAULT_STEP_COUNTS
     from lgc.targets.profiles import get_profile
 
@@ -37,12 +36,12 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     profile = get_profile("android-fp32")  # every profile samples with the same solver and guidance
     model = load_pipeline(DEFAULT_MODEL, profile.components, None)
-    solver = profile.solver if profile.solver != "auto" else default_solver(model.scheduler_config)
+    label, cls_name, cfg = resolve_scheduler(model.scheduler_config, profile.solver)
     SHIPPED_SEARCHES.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as scratch:  # an empty cache and shipped=False: always search
         for n in args.steps:
-            plan = SOLVERS[solver](model.scheduler_config, n, profile.guidance_scale)
-            print(f"searching {solver} x{n} ...", file=sys.stderr, flush=True)
+            plan = lower_scheduler(cls_name, cfg, n, profile.guidance_scale, label=label)
+            print(f"searching {label} x{n} ...", file=sys.stderr, flush=True)
             found = optimized_plan(model, plan, OptimizeTimesteps.Config(schedule="optimized"), Path(scratch),
                                    progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True), shipped=False)
             record = {k: v for k, v in found.items() if k not in ("plan", "cache")}

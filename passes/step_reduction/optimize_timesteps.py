@@ -12,9 +12,9 @@ import torch
 
 from lgc.compiler.errors import UsageError
 from lgc.compiler.pass_manager import Pass, PassResult, register_pass
-from lgc.passes.step_reduction.solvers import SOLVERS
+from lgc.passes.step_reduction.scheduler_lowering import relower, why_not_searchable
 
-SEARCH_VERSION = 1  # part of the cache key: bump when the search or its objective changes
+SEARCH_VERSION = 2  # part of the cache key: bump when the search, its objective or the key changes
 # Searches shipped for lgc's reference model (its default solver at the step counts of the
 # quality-vs-steps table), found with ``python -m lgc.compiler.reference.search_timesteps``.
 # Read like the build cache, under the same keys: a search takes 5-10 minutes of eager sampling
@@ -81,7 +81,8 @@ class OptimizeTimesteps(Pass):
     not the golden prompts, which stay held out for measuring it).
     Search: ``search_timesteps`` from the default schedule. The result is
     cached on disk by everything it depends on.
-    Precondition: an ODE solver (not LCM, whose steps add fresh noise).
+    Precondition: an ODE solver whose diffusers scheduler takes explicit timesteps
+    and evaluates the U-Net once per timestep (``why_not_searchable``).
     With ``schedule = "default"`` (the default) the pass does nothing.
     """
 
@@ -105,8 +106,9 @@ class OptimizeTimesteps(Pass):
         if config.schedule == "default":
             return PassResult(False, {"schedule": "default"})
         plan = state.sampler
-        if plan.noise_coef:
-            raise UsageError(f"--schedule optimized needs an ODE solver; {plan.solver} adds fresh noise every step")
+        why = why_not_searchable(plan.to_json())
+        if why:
+            raise UsageError(why)
         if plan.num_steps >= config.reference_steps:
             return PassResult(False, {"schedule": "default", "why": f"{plan.num_steps} steps is not fewer than the reference's"})
         found = optimized_plan(state.model, plan, config, state.cache_dir, getattr(state, "progress_search", None))
@@ -120,14 +122,18 @@ def fit_prompts(n: int) -> list[str]:
     return read_prompts(DEFAULT_PROMPTS)[:n]
 
 
+def search_key(model_sha: str, plan: dict, reference_steps: int, prompts: list[str], seeds: list[int]) -> str:
+    """What a search's result depends on; the scheduler (class, full config, eta) is what every trial is lowered from."""
+    return hashlib.sha256(json.dumps({"v": SEARCH_VERSION, "model": model_sha, "scheduler": plan["scheduler"],
+                                      "steps": plan["num_steps"], "guidance": plan["guidance_scale"], "ref": reference_steps,
+                                      "prompts": prompts, "seeds": seeds}, sort_keys=True).encode()).hexdigest()[:24]
+
+
 def optimized_plan(model, plan, config, cache_dir: Path | None, progress=None, shipped: bool = True) -> dict:
     """Search (or read from the cache, or from the shipped searches) the optimised timesteps for ``plan``'s solver and step count."""
-    cfg = model.scheduler_config
-    solver = SOLVERS[plan.solver]
+    base = plan.to_json()
     prompts, seeds = fit_prompts(config.fit_prompts), list(config.fit_seeds)
-    key = hashlib.sha256(json.dumps({"v": SEARCH_VERSION, "model": model.sha256, "solver": plan.solver, "steps": plan.num_steps,
-                                     "guidance": plan.guidance_scale, "ref": config.reference_steps, "prompts": prompts,
-                                     "seeds": seeds}, sort_keys=True).encode()).hexdigest()[:24]
+    key = search_key(model.sha256, base, config.reference_steps, prompts, seeds)
     path = Path(cache_dir) / f"timesteps-{key}.json" if cache_dir else None
     shipped_path = SHIPPED_SEARCHES / f"timesteps-{key}.json"
     if path is not None and path.exists():
@@ -137,13 +143,13 @@ def optimized_plan(model, plan, config, cache_dir: Path | None, progress=None, s
         found = json.loads(shipped_path.read_text())
         found["cache"] = "shipped"
     else:
-        reference = final_latents(model, solver(cfg, config.reference_steps, plan.guidance_scale).to_json(), prompts, seeds)
+        reference = final_latents(model, relower(base, steps=config.reference_steps).to_json(), prompts, seeds)
 
         def objective(ts: list[int]) -> float:
-            trial = solver(cfg, plan.num_steps, plan.guidance_scale, timesteps=ts).to_json()
+            trial = relower(base, timesteps=ts).to_json()
             return float(((final_latents(model, trial, prompts, seeds) - reference) ** 2).mean())
 
-        t_max = int(cfg.get("num_train_timesteps", 1000)) - 1
+        t_max = int(base["scheduler"]["config"].get("num_train_timesteps", 1000)) - 1
         default_ts = [int(round(t)) for t in plan.timesteps]
         default_err = objective(default_ts)
         ts, err, evals = search_timesteps(objective, default_ts, t_max, progress=progress)
@@ -156,7 +162,7 @@ def optimized_plan(model, plan, config, cache_dir: Path | None, progress=None, s
             tmp.write_text(json.dumps(found, indent=1))
             tmp.replace(path)
         found["cache"] = "miss"
-    new = solver(cfg, plan.num_steps, plan.guidance_scale, timesteps=found["timesteps"])
+    new = relower(base, timesteps=found["timesteps"])
     new.schedule = "optimized"
     found["plan"] = new
     return found

@@ -6,7 +6,7 @@ import pytest
 
 from lgc.compiler.golden import GOLDEN_GUIDANCE, GOLDEN_STEPS
 from lgc.compiler.model_import import load_pipeline
-from lgc.passes.step_reduction.solvers import SOLVERS
+from lgc.passes.step_reduction.scheduler_lowering import lower_sampler
 from lgc.runtime_harness.golden import GOLDEN_ROOT, read_golden_dir
 from lgc.runtime_harness.harness import evaluate
 from lgc.runtime_harness.runners import EagerRunner
@@ -20,7 +20,9 @@ def student(reference_dir):
 def test_eager_loop_matches_fp16_goldens(student):
     goldens = read_golden_dir(GOLDEN_ROOT / "reference-student")
     goldens.cases = goldens.cases[:4]
-    sampler = SOLVERS["dpmpp_2m"](student.scheduler_config, GOLDEN_STEPS, GOLDEN_GUIDANCE).to_json()
+    # The folder's own scheduler, as the goldens' stock pipeline samples it.
+    sampler = lower_sampler(student.scheduler_config, GOLDEN_STEPS, guidance_scale=GOLDEN_GUIDANCE)
+    assert sampler["scheduler"]["class"] == goldens.manifest["scheduler"]
     assert sampler["timesteps"] == goldens.manifest["timesteps"]
     manifest = {"sampler": sampler, "guidance": {"mode": "cfg_batch", "scale": GOLDEN_GUIDANCE},
                 "tokenizer": {"max_length": student.info["text_max_length"]}}
@@ -36,7 +38,7 @@ def test_wrong_sampler_is_visible(student):
     """The check has teeth: a different step count gives a clearly lower score."""
     goldens = read_golden_dir(GOLDEN_ROOT / "reference-student")
     goldens.cases = goldens.cases[:2]
-    sampler = SOLVERS["ddim"](student.scheduler_config, 4, GOLDEN_GUIDANCE).to_json()
+    sampler = lower_sampler(student.scheduler_config, 4, solver="ddim", guidance_scale=GOLDEN_GUIDANCE)
     manifest = {"sampler": sampler, "guidance": {"mode": "cfg_batch", "scale": GOLDEN_GUIDANCE},
                 "tokenizer": {"max_length": student.info["text_max_length"]}}
     fns = {n: EagerRunner(c.module) for n, c in student.components.items()}

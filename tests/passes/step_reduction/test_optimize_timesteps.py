@@ -6,7 +6,12 @@ import pytest
 
 from lgc.compiler.errors import UsageError
 from lgc.passes.step_reduction.optimize_timesteps import OptimizeTimesteps, search_timesteps
-from lgc.passes.step_reduction.solvers import SOLVERS
+from lgc.passes.step_reduction.scheduler_lowering import resolve_scheduler, lower_scheduler
+
+
+def plan_of(model, solver: str, steps: int):
+    label, cls_name, cfg = resolve_scheduler(model.scheduler_config, solver)
+    return lower_scheduler(cls_name, cfg, steps, 5.0, label=label)
 
 
 def test_search_finds_a_known_optimum_and_keeps_order():
@@ -30,7 +35,7 @@ def tiny_state(tiny_pipeline, tmp_path_factory):
     from lgc.targets.profiles import get_profile
 
     model = load_pipeline(tiny_pipeline("sd1"), get_profile("android-fp32").components, None)
-    plan = SOLVERS["dpmpp_2m"](model.scheduler_config, 4, 5.0)
+    plan = plan_of(model, "dpmpp_2m", 4)
     return SimpleNamespace(model=model, sampler=plan, cache_dir=tmp_path_factory.mktemp("cache"))
 
 
@@ -44,7 +49,7 @@ def test_pass_lowers_the_fit_error_and_caches(tiny_state):
     plan = tiny_state.sampler
     assert plan.schedule == "optimized" and plan.timesteps == [float(t) for t in d["timesteps"]] != default_ts
     # Second run: the same schedule from the cache, no search.
-    tiny_state.sampler = SOLVERS["dpmpp_2m"](tiny_state.model.scheduler_config, 4, 5.0)
+    tiny_state.sampler = plan_of(tiny_state.model, "dpmpp_2m", 4)
     again = OptimizeTimesteps().run(tiny_state, cfg)
     assert again.details["cache"] == "hit" and again.details["timesteps"] == d["timesteps"]
 
@@ -55,8 +60,15 @@ def test_default_schedule_is_a_no_op(tiny_state):
 
 
 def test_lcm_is_refused(tiny_state):
-    state = SimpleNamespace(model=tiny_state.model, sampler=SOLVERS["lcm"](tiny_state.model.scheduler_config, 4, 5.0), cache_dir=None)
+    state = SimpleNamespace(model=tiny_state.model, sampler=plan_of(tiny_state.model, "lcm", 4), cache_dir=None)
     with pytest.raises(UsageError, match="needs an ODE solver"):
+        OptimizeTimesteps().run(state, OptimizeTimesteps.Config(schedule="optimized"))
+
+
+@pytest.mark.parametrize("solver,why", [("ddim", "takes no explicit timesteps"), ("heun", "one timestep per U-Net evaluation")])
+def test_unsearchable_schedulers_are_refused_before_any_sampling(tiny_state, solver, why):
+    state = SimpleNamespace(model=tiny_state.model, sampler=plan_of(tiny_state.model, solver, 4), cache_dir=None)
+    with pytest.raises(UsageError, match=why):
         OptimizeTimesteps().run(state, OptimizeTimesteps.Config(schedule="optimized"))
 
 
