@@ -31,7 +31,6 @@ GOLDEN_PROMPTS = [
     "a rainbow color wheel",
 ]
 GOLDEN_SEEDS = [0, 1]
-GOLDEN_SCHEDULER = "DPMSolverMultistepScheduler"
 GOLDEN_STEPS = 20
 GOLDEN_GUIDANCE = 5.0
 
@@ -50,7 +49,6 @@ def pinned_steps(steps: int) -> list[int]:
 @torch.no_grad()
 def generate_goldens(model_path: Path, out: Path, name: str, steps: int = GOLDEN_STEPS, guidance: float = GOLDEN_GUIDANCE,
                      prompts=None, seeds=None, progress=None) -> dict:
-    import diffusers
     from diffusers import StableDiffusionPipeline
 
     prompts = prompts or GOLDEN_PROMPTS
@@ -59,7 +57,7 @@ def generate_goldens(model_path: Path, out: Path, name: str, steps: int = GOLDEN
     check_pipeline_folder(model_path)
     pipe = StableDiffusionPipeline.from_pretrained(model_path, torch_dtype=torch.float16, local_files_only=True,
                                                    safety_checker=None, requires_safety_checker=False)
-    pipe.scheduler = getattr(diffusers, GOLDEN_SCHEDULER).from_config(pipe.scheduler.config)
+    # The folder's own scheduler, as a diffusers user samples it (and as lgc's lower_sampler does by default).
     pipe.set_progress_bar_config(disable=True)
     vae_factor = pipe.vae_scale_factor
     size = pipe.unet.config.sample_size * vae_factor
@@ -111,7 +109,7 @@ def generate_goldens(model_path: Path, out: Path, name: str, steps: int = GOLDEN
         "model": {"path": str(model_path.name), "sha256": folder_sha256(model_path), "files": files},
         "pipeline_class": "StableDiffusionPipeline",
         "dtype": "float16",
-        "scheduler": GOLDEN_SCHEDULER,
+        "scheduler": type(pipe.scheduler).__name__,
         "scheduler_config": {k: v for k, v in pipe.scheduler.config.items() if not k.startswith("_")},
         "steps": steps,
         "timesteps": [float(t) for t in pipe.scheduler.timesteps],

@@ -208,7 +208,8 @@ def load_pipeline(path: Path, components: tuple[str, ...], image_size: int | Non
     te_cls = _class_of(index, "text_encoder", SUPPORTED_TEXT_ENCODERS)
     for part in ("unet", "vae", "text_encoder"):
         _check_weight_files(path, part)
-    sched_cfg = _read_json(path / "scheduler" / "scheduler_config.json")
+    # diffusers' pipelines build the scheduler class model_index.json names, whatever the config's _class_name says.
+    sched_cfg = {**_read_json(path / "scheduler" / "scheduler_config.json"), "_class_name": index["scheduler"][1]}
 
     unet = _load(UNet2DConditionModel, path, "unet").eval()
     vae = _load({"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}[vae_cls], path, "vae").eval()

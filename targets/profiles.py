@@ -82,7 +82,7 @@ class Profile:
     runtime: str  # key of the emitter in lgc.targets.EMITTERS
     precision: str  # what the weights and activations are computed in
     components: tuple[str, ...] = ("text_encoder", "unet", "vae_decoder")
-    solver: str = "auto"  # "auto": lcm for consistency-distilled models (LCMScheduler), else dpmpp_2m
+    solver: str = "auto"  # "auto": the model's own diffusers scheduler (scheduler_config.json's _class_name)
     steps: int = 20
     schedule: str = "default"  # "default": the scheduler's timesteps; "optimized": searched (optimize_timesteps)
     guidance_scale: float = 5.0

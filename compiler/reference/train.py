@@ -445,10 +445,12 @@ def set_text_encoder_load_dtype(config_path: Path) -> None:
 
 
 def export(out: Path, work: Path, tokenizer, te, teacher, student, vae, tiny, scale, timings, steps_cfg):
-    from diffusers import DDIMScheduler, StableDiffusionPipeline
+    from diffusers import DPMSolverMultistepScheduler, StableDiffusionPipeline
 
     vae.register_to_config(scaling_factor=scale)
-    sched = DDIMScheduler(**SCHEDULER_CONFIG)
+    # The folders ship the scheduler they are sampled with (lgc's default is the folder's own):
+    # DPM-Solver++(2M) over the training noise schedule, "leading" timesteps as SD-1.x ships them.
+    sched = DPMSolverMultistepScheduler.from_config(SCHEDULER_CONFIG, timestep_spacing="leading")
     common = dict(text_encoder=te, tokenizer=tokenizer, scheduler=sched, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipes = {
         "teacher": StableDiffusionPipeline(unet=teacher, vae=vae, **common),
