@@ -139,7 +139,9 @@ def parser() -> argparse.ArgumentParser:
     b.add_argument("--model", type=Path, default=None, help="diffusers pipeline folder (default: lgc's reference model)")
     b.add_argument("--out", type=Path, default=Path("build"), help="output root; the bundle goes to OUT/<target>")
     b.add_argument("--steps", type=int, default=None, help="sampler steps (default: the profile's)")
-    b.add_argument("--solver", default=None, help="sampler: ddim, dpmpp_2m, euler, lcm (default: lcm for LCM models, else dpmpp_2m)")
+    b.add_argument("--solver", default=None, help="sampler (default: the model's own scheduler, lowered from diffusers): "
+                   "ddim, ddpm, pndm, lms, euler, euler_a, heun, kdpm2, kdpm2_a, dpmpp_2m, dpmpp_3m, dpmpp_2m_sde, dpmpp_2s, "
+                   "deis, unipc, lcm, tcd, or a diffusers scheduler class name")
     b.add_argument("--schedule", default=None, choices=("default", "optimized"),
                    help="timesteps: the scheduler's default ones, or searched to match a 50-step reference (cached)")
     b.add_argument("--quality-vs-steps", nargs="?", const="", default=None, metavar="N,N,...",
@@ -209,6 +211,10 @@ def _quiet_dependency_logs() -> None:
 
     os.environ.setdefault("TQDM_DISABLE", "1")
     os.environ.setdefault("ET_COREML_LOG_LEVEL", "ERROR")  # its loggers set their own levels from this
+    # diffusers and transformers set their loggers' levels from these when first imported: notices such
+    # as "accelerate was not found" or a config key they ignore are nothing an lgc user can act on.
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     # torch.export's pytree, deprecated inside torch itself: nothing a user can act on.
     warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)", category=FutureWarning)
     for name in ("torchao", "torch.utils._pytree", "coremltools", "executorch.backends.apple.coreml"):

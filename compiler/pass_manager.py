@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from lgc.compiler.errors import PassError, UsageError
+from lgc.compiler.errors import LgcError, PassError, UsageError
 
 PASS_TAG = "lgc_pass"
 
@@ -223,8 +223,8 @@ class PassManager:
             t0 = time.perf_counter()
             try:
                 result = p.run(state, planned.config)
-            except PassError:
-                raise
+            except LgcError:
+                raise  # already one line with its own exit code: a refusal (4), a usage error (2), a pass error (5)
             except Exception as e:
                 raise PassError(p.name, done, f"{type(e).__name__}: {e}") from e
             seconds = time.perf_counter() - t0
