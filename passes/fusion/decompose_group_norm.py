@@ -78,6 +78,8 @@ class DecomposeGroupNorm(NodeRewritePass):
             No reshape touches an activation: an earlier form,
             ``x.reshape(N, G, C/G*H*W, 1)``, made XNNPACK transpose the full
             activation out of channels-last and back around every norm.
+    Inputs of rank 3 or 5 (a (B, C, L) sequence) are viewed as (N, C, L, 1) around
+    the same ops.
     Numerically the same as group_norm up to fp32 rounding. Runs after
     quantization in the pipeline, so the statistics stay in fp32.
     Precondition: static shapes (every lgc component has them).
@@ -90,9 +92,22 @@ class DecomposeGroupNorm(NodeRewritePass):
     def rewrite(self, gm, node):
         x, groups = node.args[0], node.args[1]
         shape = shape_of(x)
-        if shape is None or len(shape) != 4 or shape[1] % groups:
+        if shape is None or len(shape) < 3 or shape[1] % groups:
             return None
         C = shape[1]
+        g = gm.graph
+        if len(shape) != 4:
+            # (N, C, L): the KL VAE's mid-block attention normalises its (B, C, H*W) sequence. Viewed
+            # as (N, C, L, 1), the same decomposition applies (statistics over all but N and C).
+            flat = 1
+            for d in shape[2:]:
+                flat *= d
+            four_d = g.call_function(aten.reshape.default, (x, [shape[0], C, flat, 1]))
+            y = self._decompose(gm, node, four_d, groups, C)
+            return g.call_function(aten.reshape.default, (y, list(shape)))
+        return self._decompose(gm, node, x, groups, C)
+
+    def _decompose(self, gm, node, x, groups: int, C: int):
         g = gm.graph
         per_group = C // groups
         average = add_constant(gm, f"lgc_group_average_{C}_{groups}", torch.full((C, per_group, 1, 1), 1.0 / per_group))

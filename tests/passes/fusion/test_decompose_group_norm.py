@@ -66,3 +66,34 @@ def test_result_lowers_to_one_delegate():
 def test_no_group_norm_no_change():
     res, before, after, _ = run_pass(DecomposeGroupNorm, torch.nn.Conv2d(4, 4, 1), torch.randn(1, 4, 4, 4))
     assert not res.changed and before == after
+
+
+class SequenceNorm(torch.nn.Module):
+    """The KL VAE mid-block attention's form: GroupNorm over a (B, C, H*W) sequence, then a linear over channels."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.norm = torch.nn.GroupNorm(4, 16, affine=True)
+        torch.nn.init.normal_(self.norm.weight)
+        torch.nn.init.normal_(self.norm.bias)
+        self.proj = torch.nn.Linear(16, 16)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        seq = x.view(b, c, h * w).transpose(1, 2)  # (B, HW, C), as diffusers' Attention holds it
+        seq = self.norm(seq.transpose(1, 2)).transpose(1, 2)
+        return self.proj(seq).transpose(1, 2).reshape(b, c, h, w) + x
+
+
+def test_three_d_group_norm_is_rewritten_exactly():
+    x = torch.randn(2, 16, 8, 8) * 3 + 1
+    res, before, after, err = run_pass(DecomposeGroupNorm, SequenceNorm(), x)
+    assert res.changed and before["aten.group_norm.default"] == 1 and after["aten.group_norm.default"] == 0
+    assert err < 1e-4
+
+
+def test_three_d_group_norm_lowers_to_one_delegate():
+    before, after = delegation_before_after(DecomposeGroupNorm, SequenceNorm(), torch.randn(1, 16, 8, 8))
+    assert before["nondelegated_ops"].get("aten_native_group_norm_default") == 1
+    assert after["delegate_subgraphs"] == 1 and after["nondelegated_compute_ops"] == 0, after
