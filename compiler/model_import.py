@@ -24,7 +24,12 @@ SUPPORTED_DOWN_BLOCKS = {"CrossAttnDownBlock2D", "DownBlock2D"}
 SUPPORTED_UP_BLOCKS = {"CrossAttnUpBlock2D", "UpBlock2D"}
 SUPPORTED_MID_BLOCKS = {"UNetMidBlock2DCrossAttn", None}
 SUPPORTED_VAES = {"AutoencoderKL", "AutoencoderTiny"}
-SUPPORTED_TEXT_ENCODERS = {"CLIPTextModel", "CLIPTextModelWithProjection"}
+SUPPORTED_TEXT_ENCODERS = {"CLIPTextModel"}
+# Classes a diffusers folder may name that lgc refuses with a reason more useful than the list above.
+TEXT_ENCODER_REASONS = {
+    "CLIPTextModelWithProjection": "it is SDXL's second text encoder: StableDiffusionPipeline feeds the U-Net output [0] of its "
+                                   "text encoder, which for this class is the pooled projection, not the hidden states",
+}
 # U-Net config keys whose non-default value changes the graph in a way lgc
 # does not lower; each maps to the explanation shown to the user.
 UNSUPPORTED_UNET_OPTIONS = {
@@ -141,6 +146,9 @@ def check_unet_config(cfg: dict) -> None:
 
 def _class_of(index: dict, part: str, allowed: set[str]) -> str:
     cls = index[part][1]
+    if part == "text_encoder" and cls in TEXT_ENCODER_REASONS:
+        raise UnsupportedModelError(f"text_encoder: class '{cls}' is not supported in a StableDiffusionPipeline folder: "
+                                    f"{TEXT_ENCODER_REASONS[cls]}")
     if cls not in allowed:
         raise UnsupportedModelError(f"{part}: class '{cls}' is not supported (supported: {', '.join(sorted(allowed))})")
     return cls
@@ -196,7 +204,7 @@ def load_pipeline(path: Path, components: tuple[str, ...], image_size: int | Non
     U-Net call) defaults to "yes unless the U-Net takes a guidance embedding".
     """
     from diffusers import AutoencoderKL, AutoencoderTiny, UNet2DConditionModel
-    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer
 
     path = Path(path)
     index = check_pipeline_folder(path)
@@ -213,7 +221,7 @@ def load_pipeline(path: Path, components: tuple[str, ...], image_size: int | Non
 
     unet = _load(UNet2DConditionModel, path, "unet").eval()
     vae = _load({"AutoencoderKL": AutoencoderKL, "AutoencoderTiny": AutoencoderTiny}[vae_cls], path, "vae").eval()
-    te = _load({"CLIPTextModel": CLIPTextModel, "CLIPTextModelWithProjection": CLIPTextModelWithProjection}[te_cls], path, "text_encoder").eval()
+    te = _load({"CLIPTextModel": CLIPTextModel}[te_cls], path, "text_encoder").eval()
     try:
         tokenizer = CLIPTokenizer.from_pretrained(path / "tokenizer", local_files_only=True)
     except Exception as e:

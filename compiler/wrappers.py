@@ -19,7 +19,8 @@ class TextEncoderStep(torch.nn.Module):
         self.text_encoder = text_encoder
 
     def forward(self, input_ids):
-        return self.text_encoder(input_ids, return_dict=False)[0]
+        # By name, not position: output [0] of a CLIP model with a projection head is the pooled embedding.
+        return self.text_encoder(input_ids).last_hidden_state
 
 
 class UNetStep(torch.nn.Module):
