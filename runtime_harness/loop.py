@@ -47,9 +47,11 @@ def generate(
     on_unet: Callable | None = None,
     noise_seed: int = 0,
 ) -> LoopResult:
-    """Run the manifest's sampler: x_{i+1} = sum a_k x_{i-k} + sum b_k eps_{i-k} (+ noise_coef[i] z_i).
+    """Run the manifest's sampler: x_{i+1} = sum a_k x_{i-k} + sum b_k out_{i-k} (+ noise_coef[i] z_i).
 
-    The z_i (LCM only) are drawn in step order from a generator seeded with ``noise_seed``.
+    ``out`` is the guided U-Net output as it comes (epsilon, v or sample: the coefficients account
+    for it). The z_i (ancestral, SDE and LCM steps) are drawn in step order from a generator seeded
+    with ``noise_seed``.
     """
     cond = text_encoder(ids_cond)
     embeds = torch.cat([text_encoder(ids_uncond), cond]) if cfg_batch else cond

@@ -23,6 +23,9 @@ REPO = Path(__file__).resolve().parent.parent
 _SHARED_BUILDS = ("bundles", "ios_bundles")
 
 
+# Modules whose tests each run a build of their own and share nothing worth keeping on one worker.
+_ONE_GROUP_PER_TEST = ("tests.compiler.test_architecture_matrix",)
+
 # The slowest groups, slowest first: seconds each took in one run on the 2-core CI machine
 # (`--durations=0`, summed per group), so that a greedy scheduler balances the two workers.
 # Started last, one of these ran alone for minutes at the end while the other worker sat idle.
@@ -54,7 +57,9 @@ def pytest_collection_modifyitems(config, items):
     groups = {}
     for item in items:
         shared = next((name for name in _SHARED_BUILDS if name in item.fixturenames), None)
-        groups[item] = shared or item.module.__name__
+        # Modules of independent builds (one per test) are split: each test is a group of its own.
+        own = item.nodeid if item.module.__name__ in _ONE_GROUP_PER_TEST else None
+        groups[item] = shared or own or item.module.__name__
         item.add_marker(pytest.mark.xdist_group(groups[item]))
     rank = {g: i for i, g in enumerate(_SLOWEST_FIRST)}
     items.sort(key=lambda item: rank.get(groups[item], len(rank)))
