@@ -11,7 +11,7 @@ import torch
 import lgc.compiler.reference as reference
 from lgc.compiler import manifest as manifest_mod
 from lgc.compiler.artifact_cache import ArtifactCache, component_key
-from lgc.compiler.bundle import is_disk_full, sha256_file, size_bytes, staged_bundle, write_json
+from lgc.compiler.bundle import bundle_file_names, bundle_files, is_disk_full, sha256_file, size_bytes, staged_bundle, write_json
 from lgc.compiler.errors import BuildError, LgcError, UnsupportedModelError
 from lgc.compiler.golden import pinned_steps
 from lgc.compiler.model_import import ImportedModel, load_pipeline
@@ -178,6 +178,8 @@ def _emit_bundle(profile: Profile, model: ImportedModel, state: BuildState, stag
                                                      RUNNERS[profile.runtime], profile.precision, out_example)
         artifacts[name] = art
     manifest = build_manifest(profile, model, state, entries)
+    # Every file the bundle ships (artifacts, tokenizer) under its hash: checked before anything of it runs.
+    manifest["files"] = bundle_files(stage)
     manifest_mod.validate(manifest)
     write_json(stage / "passes.json", {"pipeline": profile.pipeline(), "passes": pass_reports,
                                        "artifacts": {n: a for n, a in artifacts.items()}})
@@ -282,6 +284,9 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
         manifest["figures"] = {"end_to_end": {k: report["end_to_end"][k] for k in quality},
                                "components": {n: {"psnr_db_min": c["psnr_db_min"]} for n, c in report["components"].items()},
                                "reference": goldens.source, "timings": "report.json"}
+        if bundle_file_names(stage) != sorted(manifest["files"]):  # the harness run wrote nothing into the bundle
+            raise BuildError(f"files appeared in the bundle after its manifest listed them: "
+                             f"{sorted(set(bundle_file_names(stage)) - set(manifest['files']))}")
         manifest_mod.validate(manifest)
         write_json(stage / "manifest.json", manifest)
         write_json(stage / "report.json", report)

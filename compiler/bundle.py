@@ -91,15 +91,72 @@ def staged_bundle(target: Path):
         lock.close()
 
 
+# Written by the build beside the artifacts for people, never read to run the bundle (timings vary run
+# to run, so they cannot be under the byte-reproducible manifest's hashes). Everything else is listed.
+REPORT_FILES = ("manifest.json", "report.json", "passes.json")
+
+
+def bundle_file_names(folder: Path) -> list[str]:
+    """Every file of a bundle folder but the reports, by POSIX path relative to it, sorted."""
+    folder = Path(folder)
+    return sorted(rel for rel in (f.relative_to(folder).as_posix() for f in folder.rglob("*") if f.is_file())
+                  if rel not in REPORT_FILES)
+
+
+def bundle_files(folder: Path) -> dict[str, str]:
+    """The manifest's ``files``: every file but the reports, with its sha256."""
+    return {rel: sha256_file(Path(folder) / rel) for rel in bundle_file_names(folder)}
+
+
+def confined(bundle: Path, rel) -> Path:
+    """``bundle / rel`` for a manifest path that stays inside the bundle folder; exit 2 otherwise."""
+    from pathlib import PurePosixPath
+
+    p = PurePosixPath(rel) if isinstance(rel, str) else None
+    if p is None or not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or rel.startswith("~"):
+        raise UsageError(f"bundle {bundle}: manifest path {rel!r} is not a plain relative path inside the bundle")
+    full = Path(bundle) / p
+    try:
+        inside = full.resolve().is_relative_to(Path(bundle).resolve())
+    except (OSError, RuntimeError):  # a symlink loop
+        inside = False
+    if not inside:
+        raise UsageError(f"bundle {bundle}: manifest path {rel!r} resolves outside the bundle")
+    return full
+
+
 def verify_bundle_files(bundle: Path, manifest: dict) -> None:
-    """Every component file exists and matches the sha256 the manifest records."""
+    """The bundle is exactly what its manifest lists: plain files, each at its sha256, nothing more, nothing outside.
+
+    Run before anything from the bundle is loaded. The manifest's own sha256 therefore stands for the
+    whole bundle: an app can pin it.
+    """
+    bundle = Path(bundle)
+    for f in sorted(bundle.rglob("*")):
+        if f.is_symlink():
+            raise UsageError(f"bundle {bundle}: {f.relative_to(bundle).as_posix()} is a symbolic link; a bundle holds plain files only")
+    listed = manifest["files"]
+    for rel, digest in listed.items():
+        path = confined(bundle, rel)
+        if not path.is_file():
+            raise UsageError(f"bundle {bundle}: {rel} is listed in the manifest but missing")
+        actual = sha256_file(path)
+        if actual != digest:
+            raise UsageError(f"bundle {bundle}: {rel} was altered after build (sha256 {actual[:12]}... != manifest {digest[:12]}...)")
+    unlisted = sorted(set(bundle_file_names(bundle)) - set(listed))
+    if unlisted:
+        raise UsageError(f"bundle {bundle}: {unlisted[0]} is not listed in the manifest ({len(unlisted)} unlisted file(s)); "
+                         f"a bundle ships only what its manifest hashes")
     for name, comp in manifest["components"].items():
-        path = Path(bundle) / comp["file"]
+        path = confined(bundle, comp["file"])
         if not path.exists():
             raise UsageError(f"bundle {bundle}: {name} file {comp['file']} is missing")
         digest = sha256_file(path)
         if digest != comp["sha256"]:
             raise UsageError(f"bundle {bundle}: {comp['file']} was altered after build (sha256 {digest[:12]}... != manifest {comp['sha256'][:12]}...)")
+    tokenizer = confined(bundle, manifest["tokenizer"]["folder"])
+    if not tokenizer.is_dir() or not any(tokenizer.iterdir()):
+        raise UsageError(f"bundle {bundle}: tokenizer folder {manifest['tokenizer']['folder']} is missing")
 
 
 def copy_tree(src: Path, dst: Path) -> None:

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from lgc.compiler import manifest as manifest_mod
-from lgc.compiler.bundle import verify_bundle_files
+from lgc.compiler.bundle import sha256_file, verify_bundle_files
 from lgc.compiler.errors import QualityGateError, UsageError
 from lgc.runtime_harness.policy import compare_with_baseline, evaluate_policy, load_policy
 from lgc.targets.executorch.emit import DELEGATION_FIELDS
@@ -70,7 +70,8 @@ def check(bundle: Path, golden_dir: Path | None = None, policy_path: Path | None
     policy = load_policy(policy_path)
     base = _read_baseline(baseline) if baseline else None
     goldens = _goldens(manifest, golden_dir)
-    step(f"bundle {bundle} verified ({len(manifest['components'])} components, hashes match)")
+    step(f"bundle {bundle} verified: {len(manifest['files'])} files at their sha256, nothing unlisted; "
+         f"bundle digest (sha256 of manifest.json) {sha256_file(bundle / 'manifest.json')}")
 
     from lgc.runtime_harness.harness import run_bundle
 

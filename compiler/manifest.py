@@ -9,7 +9,7 @@ from pathlib import Path
 from lgc.compiler.errors import UsageError
 from lgc.passes.step_reduction.sampler_plan import check_plan
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: every shipped file listed under its sha256 (files)
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
 
 
@@ -24,6 +24,8 @@ def validate(manifest: dict) -> None:
     version = manifest.get("schema_version") if isinstance(manifest, dict) else None
     if isinstance(version, int) and version > SCHEMA_VERSION:
         raise UsageError(f"manifest schema_version {version} is newer than this lgc understands ({SCHEMA_VERSION}); upgrade lgc")
+    if isinstance(version, int) and version < SCHEMA_VERSION:
+        raise UsageError(f"manifest schema_version {version} predates the file list every bundle now carries; rebuild the bundle")
     try:
         jsonschema.validate(manifest, schema())
     except jsonschema.ValidationError as e:

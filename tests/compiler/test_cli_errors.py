@@ -70,6 +70,15 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _swap_vocab(path: Path) -> None:
+    """Two vocabulary entries exchanged: valid JSON, a valid tokenizer, another model's behaviour."""
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    a, b = sorted(vocab, key=vocab.get)[100:102]
+    vocab[a], vocab[b] = vocab[b], vocab[a]
+    path.write_text(json.dumps(data))
+
+
 def _write(tmp: Path, name: str, data: bytes) -> Path:
     (tmp / name).write_bytes(data)
     return tmp / name
@@ -129,6 +138,24 @@ INVENTORY = [
          lambda t, fx: ["check", str(t / "nope")], 2, "bundle folder not found", ""),
     Case("check-altered-file", "bundle file altered after build (hash mismatch)",
          lambda t, fx: ["check", str(_bundle(t, fx, lambda b: _flip_byte(b / "unet.pte")))], 2, "unet.pte was altered after build", ""),
+    Case("check-tokenizer-edited", "tokenizer file edited after build",
+         lambda t, fx: ["check", str(_bundle(t, fx, lambda b: _swap_vocab(b / "tokenizer" / "tokenizer.json")))], 2,
+         "tokenizer/tokenizer.json was altered after build", ""),
+    Case("check-swapped-artifact", "one component's artifact swapped for another's",
+         lambda t, fx: ["check", str(_bundle(t, fx, lambda b: shutil.copy(b / "vae_decoder.pte", b / "unet.pte")))], 2,
+         "unet.pte was altered after build", ""),
+    Case("check-escaping-path", "manifest path with '..' (outside the bundle)",
+         lambda t, fx: ["check", str(_bundle(t, fx, lambda b: _edit_json(b / "manifest.json", lambda m: m["components"]["unet"].update(file="../unet.pte"))))],
+         2, "manifest path '../unet.pte' is not a plain relative path inside the bundle", ""),
+    Case("check-absolute-path", "manifest path that is absolute",
+         lambda t, fx: ["check", str(_bundle(t, fx, lambda b: _edit_json(b / "manifest.json", lambda m: m["files"].update({"/etc/hostname": "0" * 64}))))],
+         2, "manifest path '/etc/hostname' is not a plain relative path inside the bundle", ""),
+    Case("check-symlink", "symbolic link inside the bundle",
+         lambda t, fx: ["check", str(_bundle(t, fx, lambda b: (b / "tokenizer" / "extra.json").symlink_to("/etc/hostname")))], 2,
+         "tokenizer/extra.json is a symbolic link", ""),
+    Case("check-unlisted-file", "file in the bundle that the manifest does not list",
+         lambda t, fx: ["check", str(_bundle(t, fx, lambda b: (b / "tokenizer" / "added_tokens.json").write_text("{}")))], 2,
+         "tokenizer/added_tokens.json is not listed in the manifest", ""),
     Case("check-newer-schema", "manifest with a newer schema version",
          lambda t, fx: ["check", str(_bundle(t, fx, lambda b: _edit_json(b / "manifest.json", lambda m: m.update(schema_version=99))))],
          2, "manifest schema_version 99 is newer than this lgc understands", ""),

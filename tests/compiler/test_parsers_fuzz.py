@@ -23,7 +23,7 @@ def _valid_manifest() -> dict:
     entry = {"file": "unet.pte", "sha256": "0" * 64, "bytes": 10, "runtime": "executorch", "precision": "int8",
              "inputs": [{"name": "sample", "shape": [2, 4, 16, 16], "dtype": "float32"}],
              "outputs": [{"name": "out", "shape": [2, 4, 16, 16], "dtype": "float32"}]}
-    return {"schema_version": 1, "components": {"unet": entry}}
+    return {"schema_version": manifest_mod.SCHEMA_VERSION, "components": {"unet": entry}, "files": {"unet.pte": "0" * 64}}
 
 
 def _check(man) -> None:
