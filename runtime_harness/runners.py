@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
+import re
 import statistics
+import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -51,8 +56,9 @@ class ExecuTorchRunner:
         register_quantized_kernels()
         self.path = Path(path)
         self.program = Runtime.get().load_program(self.path)
-        self.method = self.program.load_method("forward")
-        self.feeders = {i: self.program.load_method(name) for i, name in (feeders or {}).items()}
+        with _cpuinfo_notices_dropped():
+            self.method = self.program.load_method("forward")
+            self.feeders = {i: self.program.load_method(name) for i, name in (feeders or {}).items()}
         self.rows: dict[tuple, torch.Tensor] = {}
 
     def _execute(self, method, inputs):
@@ -220,6 +226,29 @@ class EagerRunner:
         with torch.no_grad():
             out = self.module(*inputs)
         return out[0] if isinstance(out, (tuple, list)) else out
+
+
+# XNNPACK's cpuinfo prints these on C++ stderr when its first delegate is loaded on a machine without
+# ARM's midr files or with a cgroup-limited CPU count: facts about the host, nothing a user can act on.
+_CPUINFO_NOTICE = re.compile(rb"^\[cpuinfo_utils\.cpp:\d+\] (Failed to open midr file|CPU info and manual query)")
+
+
+@contextlib.contextmanager
+def _cpuinfo_notices_dropped():
+    """Run with the process's stderr (fd 2) captured; pass everything on but cpuinfo's host notices."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            kept = [ln for ln in captured.read().splitlines(keepends=True) if not _CPUINFO_NOTICE.match(ln)]
+            if kept:
+                os.write(2, b"".join(kept))
 
 
 RUNNERS = {"executorch": ExecuTorchRunner, "executorch-coreml": ExecuTorchCoreMLRunner, "coreml": CoreMLRunner, "tvm": TVMRunner}
