@@ -209,7 +209,7 @@ def _budget_retry(pass_reports: list[dict], end_to_end: dict) -> int | None:
 
 def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: dict | None = None,
           cache_dir: Path | None = None, golden_dir: Path | None = None, settings: list[str] | None = None,
-          quality_steps: tuple[int, ...] = (), emit_options: dict | None = None) -> dict:
+          quality_steps: tuple[int, ...] = (), emit_options: dict | None = None, allow_pickle: bool = False) -> dict:
     profile = (get_profile(target).with_overrides(**(overrides or {})).with_pass_options(settings or [])
                .with_emit_options(**(emit_options or {})))
     # Resolve the whole pipeline before any work: an unknown pass or option fails here.
@@ -220,7 +220,7 @@ def build(model_path: Path | None, target: str, out_root: Path, ui, overrides: d
     with staged_bundle(out) as stage:
         stages = StageClock(ui.step)
         stages.step(f"importing {model_path}")
-        model = load_pipeline(model_path, profile.components, profile.image_size)
+        model = load_pipeline(model_path, profile.components, profile.image_size, allow_pickle=allow_pickle)
         for p in planned:  # a scheduler lgc refuses is refused now, not after minutes of export
             if p.cls.name == "lower_sampler":
                 p.cls.lower(model.scheduler_config, p.config)

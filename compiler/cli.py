@@ -36,7 +36,7 @@ def cmd_build(a) -> int:
     overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size, "schedule": a.schedule}
     report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden,
                    emit_options={"tuning_trials": a.tune_trials, "tuning_records": False if a.no_tuning_records else None},
-                   quality_steps=_step_counts(a.quality_vs_steps),
+                   quality_steps=_step_counts(a.quality_vs_steps), allow_pickle=a.allow_pickle,
                    settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else [])
                    + (["analyze_sensitivity.enabled=true"] if a.explain else [])
                    + ([f"search_mixed_precision.min_psnr_db={a.min_psnr}"] if a.min_psnr is not None else []))
@@ -137,6 +137,8 @@ def parser() -> argparse.ArgumentParser:
     b = sub.add_parser("build", help="compile a diffusers folder into build/<target>/")
     b.add_argument("--target", required=True, help="build profile (see `lgc targets`)")
     b.add_argument("--model", type=Path, default=None, help="diffusers pipeline folder (default: lgc's reference model)")
+    b.add_argument("--allow-pickle", action="store_true",
+                   help="load pickle weights (*.bin) from a model folder you trust (default: safetensors only)")
     b.add_argument("--out", type=Path, default=Path("build"), help="output root; the bundle goes to OUT/<target>")
     b.add_argument("--steps", type=int, default=None, help="sampler steps (default: the profile's)")
     b.add_argument("--solver", default=None, help="sampler (default: the model's own scheduler, lowered from diffusers): "

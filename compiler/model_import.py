@@ -179,8 +179,10 @@ def _shape_mismatch(msg: str) -> str:
 
 
 def _load(cls, folder: Path, part: str):
+    # safetensors whenever the folder has them: a pickle file beside them is never opened.
+    safe = any(f.name.endswith(".safetensors") for f in (folder / part).iterdir())
     try:
-        return cls.from_pretrained(folder / part, torch_dtype=torch.float32, local_files_only=True)
+        return cls.from_pretrained(folder / part, torch_dtype=torch.float32, local_files_only=True, use_safetensors=safe)
     except (UnsupportedModelError, ModelInputError):
         raise
     except Exception as e:  # diffusers/transformers raise many kinds; all mean the files are broken
@@ -190,13 +192,19 @@ def _load(cls, folder: Path, part: str):
         raise ModelInputError(f"{part}: cannot load weights from {folder / part}: {type(e).__name__}: {msg}") from None
 
 
-def _check_weight_files(folder: Path, part: str) -> None:
+def _check_weight_files(folder: Path, part: str, allow_pickle: bool) -> None:
     files = [f for f in (folder / part).iterdir() if f.name.endswith(WEIGHT_SUFFIXES)]
     if not files:
         raise ModelInputError(f"{part}: no weight file (*.safetensors or *.bin) in {folder / part}")
+    if not allow_pickle and not any(f.name.endswith(".safetensors") for f in files):
+        # A pickle can run code when unpickled; diffusers and transformers load it with torch.load(weights_only=True),
+        # which is a guard of torch's, not a format. Only a user who trusts the folder opts in.
+        raise ModelInputError(f"{part}: weights are pickle files ({files[0].name}), which lgc opens only for a folder you trust: "
+                              f"--allow-pickle (loaded with weights_only=True), or convert them to safetensors")
 
 
-def load_pipeline(path: Path, components: tuple[str, ...], image_size: int | None, cfg_batch: bool | None = None) -> ImportedModel:
+def load_pipeline(path: Path, components: tuple[str, ...], image_size: int | None, cfg_batch: bool | None = None,
+                  allow_pickle: bool = False) -> ImportedModel:
     """Read ``path`` into the requested components with static example inputs.
 
     ``image_size`` defaults to the U-Net's ``sample_size`` times the VAE's
@@ -215,7 +223,7 @@ def load_pipeline(path: Path, components: tuple[str, ...], image_size: int | Non
     vae_cls = _class_of(index, "vae", SUPPORTED_VAES)
     te_cls = _class_of(index, "text_encoder", SUPPORTED_TEXT_ENCODERS)
     for part in ("unet", "vae", "text_encoder"):
-        _check_weight_files(path, part)
+        _check_weight_files(path, part, allow_pickle)
     # diffusers' pipelines build the scheduler class model_index.json names, whatever the config's _class_name says.
     sched_cfg = {**_read_json(path / "scheduler" / "scheduler_config.json"), "_class_name": index["scheduler"][1]}
 

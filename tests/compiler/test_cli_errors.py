@@ -70,6 +70,12 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _pickle_unet(model: Path) -> None:
+    w = next((model / "unet").glob("*.safetensors"))
+    w.unlink()
+    (model / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"\x80\x04N.")  # refused before it is read
+
+
 def _swap_vocab(path: Path) -> None:
     """Two vocabulary entries exchanged: valid JSON, a valid tokenizer, another model's behaviour."""
     data = json.loads(path.read_text())
@@ -116,6 +122,9 @@ INVENTORY = [
          lambda t, fx: B + ["--steps", "0", "--out", str(t / "out")], 2, "--steps must be at least 1"),
     Case("tune-trials-android", "TVM tuning flag on a target that is not TVM",
          lambda t, fx: B + ["--tune-trials", "8", "--out", str(t / "out")], 2, "--tune-trials does not apply to android-int8 (it is for tvm-host, tvm-android-arm64)"),
+    Case("pickle-weights", "pickle weights (*.bin) without --allow-pickle",
+         lambda t, fx: B + ["--model", str(_model(t, fx, lambda m: _pickle_unet(m))), "--out", str(t / "out")], 3,
+         "unet: weights are pickle files (diffusion_pytorch_model.bin), which lgc opens only for a folder you trust"),
     Case("unknown-solver", "unknown solver",
          lambda t, fx: B + ["--solver", "euler_turbo", "--out", str(t / "out")], 2, "unknown solver 'euler_turbo'"),
     Case("unsupported-scheduler", "scheduler class lgc does not lower",

@@ -106,3 +106,31 @@ def test_weights_not_matching_config(tiny_pipeline, tmp_path):
     _edit_json(folder / "unet" / "config.json", block_out_channels=[16, 48])
     with pytest.raises(ModelInputError, match="unet: cannot load weights"):
         load_pipeline(folder, ALL, None)
+
+
+def _to_pickle(folder: Path, part: str, cls) -> None:
+    """Re-save one part as a pickle checkpoint (*.bin) and drop its safetensors."""
+    model = cls.from_pretrained(folder / part)
+    for f in (folder / part).glob("*.safetensors"):
+        f.unlink()
+    model.save_pretrained(folder / part, safe_serialization=False)
+
+
+def test_pickle_weights_need_allow_pickle(tiny_pipeline, tmp_path):
+    from diffusers import UNet2DConditionModel
+
+    folder = _copy(tiny_pipeline("sd1"), tmp_path / "m")
+    _to_pickle(folder, "unet", UNet2DConditionModel)
+    assert list((folder / "unet").glob("*.bin")) and not list((folder / "unet").glob("*.safetensors"))
+    with pytest.raises(ModelInputError, match="unet: weights are pickle files .* --allow-pickle"):
+        load_pipeline(folder, ALL, None)
+    trusted = load_pipeline(folder, ALL, None, allow_pickle=True)
+    safe = load_pipeline(tiny_pipeline("sd1"), ALL, None)
+    a, b = trusted.components["unet"].module.state_dict(), safe.components["unet"].module.state_dict()
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_a_pickle_beside_safetensors_is_never_opened(tiny_pipeline, tmp_path):
+    folder = _copy(tiny_pipeline("sd1"), tmp_path / "m")
+    (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not a pickle at all")
+    load_pipeline(folder, ALL, None)  # loads the safetensors; the junk .bin would fail if it were read
