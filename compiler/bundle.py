@@ -113,12 +113,13 @@ def confined(bundle: Path, rel) -> Path:
     from pathlib import PurePosixPath
 
     p = PurePosixPath(rel) if isinstance(rel, str) else None
-    if p is None or not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or rel.startswith("~"):
+    if (p is None or not rel or p.is_absolute() or ".." in p.parts or "\\" in rel or rel.startswith("~")
+            or any(ord(c) < 32 for c in rel)):  # NUL and control characters: no file system path holds them
         raise UsageError(f"bundle {bundle}: manifest path {rel!r} is not a plain relative path inside the bundle")
     full = Path(bundle) / p
     try:
         inside = full.resolve().is_relative_to(Path(bundle).resolve())
-    except (OSError, RuntimeError):  # a symlink loop
+    except (OSError, RuntimeError, ValueError):  # a symlink loop, a name the OS refuses
         inside = False
     if not inside:
         raise UsageError(f"bundle {bundle}: manifest path {rel!r} resolves outside the bundle")

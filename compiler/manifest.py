@@ -11,6 +11,9 @@ from lgc.passes.step_reduction.sampler_plan import check_plan
 
 SCHEMA_VERSION = 2  # 2: every shipped file listed under its sha256 (files)
 SCHEMA_PATH = Path(__file__).with_name("manifest.schema.json")
+# An SD-1.5 bundle's manifest is tens of KiB (a Core ML package lists a few hundred files): anything near
+# this is not a manifest, and is refused before it is parsed.
+MAX_MANIFEST_BYTES = 16 << 20
 
 
 @lru_cache(maxsize=1)
@@ -42,11 +45,15 @@ def load(bundle: Path) -> dict:
     if not Path(bundle).is_dir():
         raise UsageError(f"bundle folder not found: {bundle}")
     try:
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise UsageError(f"{path}: {path.stat().st_size} bytes, more than a manifest holds ({MAX_MANIFEST_BYTES}); not an lgc manifest")
         manifest = json.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"not an lgc bundle (no manifest.json): {bundle}") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UsageError(f"{path}: not valid JSON ({e})") from None
+    except RecursionError:
+        raise UsageError(f"{path}: JSON nested too deeply to be an lgc manifest") from None
     validate(manifest)
     return manifest
 
