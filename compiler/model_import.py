@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,6 +114,7 @@ def check_pipeline_folder(path: Path) -> dict:
         raise ModelInputError(f"model folder not found: {path}")
     if not path.is_dir():
         raise ModelInputError(f"model path is not a folder: {path}")
+    _check_confined(path)
     index_path = path / "model_index.json"
     if not index_path.exists():
         raise ModelInputError(f"not a diffusers pipeline folder (no model_index.json): {path}")
@@ -123,6 +125,27 @@ def check_pipeline_folder(path: Path) -> dict:
         if not (path / part).is_dir():
             raise ModelInputError(f"{path}: model_index.json names '{part}' but the folder {part}/ is missing")
     return index
+
+
+def _check_confined(folder: Path) -> None:
+    """Every file of a model folder resolves inside it, or, for a Hugging Face cache snapshot
+    (``models--org--name/snapshots/<rev>/``, whose files are links to ``../../blobs/<hash>``), inside its repo's blobs."""
+    root = folder.resolve()
+    allowed = [root]
+    if folder.parent.name == "snapshots" and folder.parent.parent.name.startswith("models--"):
+        allowed.append((folder.parent.parent / "blobs").resolve())
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=False):
+        for name in dirnames + filenames:
+            entry = Path(dirpath) / name
+            if not entry.is_symlink():
+                continue
+            try:
+                target = entry.resolve(strict=True)
+            except (OSError, RuntimeError):
+                raise ModelInputError(f"{entry}: a symbolic link that leads nowhere (missing target or a loop)") from None
+            if entry.is_dir() or not any(target.is_relative_to(a) for a in allowed):
+                raise ModelInputError(f"{entry}: a symbolic link out of the model folder (to {target}); "
+                                      f"copy the files in, or point --model at a folder that holds them")
 
 
 def check_unet_config(cfg: dict) -> None:

@@ -70,6 +70,13 @@ def _flip_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _link_out(path: Path, tmp: Path) -> None:
+    outside = tmp / "outside.json"
+    outside.write_text(path.read_text())
+    path.unlink()
+    path.symlink_to(outside)
+
+
 def _pickle_unet(model: Path) -> None:
     w = next((model / "unet").glob("*.safetensors"))
     w.unlink()
@@ -122,6 +129,9 @@ INVENTORY = [
          lambda t, fx: B + ["--steps", "0", "--out", str(t / "out")], 2, "--steps must be at least 1"),
     Case("tune-trials-android", "TVM tuning flag on a target that is not TVM",
          lambda t, fx: B + ["--tune-trials", "8", "--out", str(t / "out")], 2, "--tune-trials does not apply to android-int8 (it is for tvm-host, tvm-android-arm64)"),
+    Case("model-symlink-out", "model folder file that is a symbolic link out of the folder",
+         lambda t, fx: B + ["--model", str(_model(t, fx, lambda m: _link_out(m / "unet" / "config.json", t))), "--out", str(t / "out")], 3,
+         "config.json: a symbolic link out of the model folder"),
     Case("pickle-weights", "pickle weights (*.bin) without --allow-pickle",
          lambda t, fx: B + ["--model", str(_model(t, fx, lambda m: _pickle_unet(m))), "--out", str(t / "out")], 3,
          "unet: weights are pickle files (diffusion_pytorch_model.bin), which lgc opens only for a folder you trust"),

@@ -134,3 +134,37 @@ def test_a_pickle_beside_safetensors_is_never_opened(tiny_pipeline, tmp_path):
     folder = _copy(tiny_pipeline("sd1"), tmp_path / "m")
     (folder / "unet" / "diffusion_pytorch_model.bin").write_bytes(b"not a pickle at all")
     load_pipeline(folder, ALL, None)  # loads the safetensors; the junk .bin would fail if it were read
+
+
+def test_a_symlink_out_of_the_model_folder_is_refused(tiny_pipeline, tmp_path):
+    folder = _copy(tiny_pipeline("sd1"), tmp_path / "m")
+    cfg = folder / "unet" / "config.json"
+    outside = tmp_path / "elsewhere.json"
+    outside.write_text(cfg.read_text())
+    cfg.unlink()
+    cfg.symlink_to(outside)
+    with pytest.raises(ModelInputError, match="unet/config.json: a symbolic link out of the model folder"):
+        load_pipeline(folder, ALL, None)
+    cfg.unlink()
+    cfg.symlink_to(tmp_path / "missing.json")
+    with pytest.raises(ModelInputError, match="leads nowhere"):
+        load_pipeline(folder, ALL, None)
+
+
+def test_a_hugging_face_cache_snapshot_loads(tiny_pipeline, tmp_path):
+    """models--org--name/snapshots/<rev>/ holds links to ../../blobs/<hash>: the one layout whose links leave the folder."""
+    import hashlib
+    import os
+
+    repo = tmp_path / "hub" / "models--org--tiny"
+    snap, blobs = repo / "snapshots" / "abc123", repo / "blobs"
+    blobs.mkdir(parents=True)
+    src = tiny_pipeline("sd1")
+    for f in sorted(p for p in src.rglob("*") if p.is_file()):
+        blob = blobs / hashlib.sha256(f.read_bytes()).hexdigest()
+        blob.write_bytes(f.read_bytes())
+        link = snap / f.relative_to(src)
+        link.parent.mkdir(parents=True, exist_ok=True)
+        link.symlink_to(os.path.relpath(blob, link.parent))
+    model = load_pipeline(snap, ALL, None)
+    assert set(model.components) == set(ALL)
