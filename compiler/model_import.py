@@ -120,8 +120,14 @@ def check_pipeline_folder(path: Path) -> dict:
         raise ModelInputError(f"not a diffusers pipeline folder (no model_index.json): {path}")
     index = _read_json(index_path)
     for part in ("unet", "vae", "text_encoder", "tokenizer", "scheduler"):
-        if part not in index or not isinstance(index[part], list) or index[part][1] is None:
+        if part not in index or not isinstance(index[part], list) or len(index[part]) != 2 or index[part][1] is None:
             raise ModelInputError(f"{index_path}: the pipeline has no '{part}' component")
+        library = index[part][0]
+        if library not in ("diffusers", "transformers"):
+            # ["my_module", "UNet2DConditionModel"] is a class defined by code in the folder: lgc never runs that
+            # code, and loading diffusers' class of the same name instead would compute something else.
+            raise UnsupportedModelError(f"{part}: comes from {library!r}, code shipped in the model folder, which lgc does not run "
+                                        f"(only diffusers and transformers classes are lowered)")
         if not (path / part).is_dir():
             raise ModelInputError(f"{path}: model_index.json names '{part}' but the folder {part}/ is missing")
     return index

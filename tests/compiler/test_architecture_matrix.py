@@ -97,6 +97,8 @@ REFUSED = {
                         "text_encoder: class 'T5EncoderModel' is not supported"),
     "projection_text_encoder": (("model_index.json", {"text_encoder": ["transformers", "CLIPTextModelWithProjection"]}),
                                 "text_encoder: class 'CLIPTextModelWithProjection' is not supported in a StableDiffusionPipeline folder"),
+    "custom_code_component": (("model_index.json", {"unet": ["my_unet", "UNet2DConditionModel"]}),
+                              "unet: comes from 'my_unet', code shipped in the model folder, which lgc does not run"),
     "flow_matching_scheduler": (("model_index.json", {"scheduler": ["diffusers", "FlowMatchEulerDiscreteScheduler"]}),
                                 "scheduler FlowMatchEulerDiscreteScheduler is not supported"),
 }
