@@ -35,7 +35,8 @@ CELLS = [(v, t) for v in sorted(VARIANTS) for t in PROFILES
          if FULL or t == "android-fp32" or (t == "android-int8" and v in INT8_IN_CI)]
 # End to end against the eager fp32 model on the same sampler; random weights make int8 and 8-bit
 # palettes harsher than on trained models (the reference model's int8 bar is 30 dB against fp16 goldens).
-BAR_DB = {"android-fp32": 60.0, "android-int8": 30.0, "ios-fp16": 35.0, "ios-w8": 20.0, "tvm-host": 60.0}
+# Set under the lowest cell of the full run (README table): int8 36.1, ios-fp16 62.5, ios-w8 58.6 dB.
+BAR_DB = {"android-fp32": 60.0, "android-int8": 30.0, "ios-fp16": 50.0, "ios-w8": 45.0, "tvm-host": 60.0}
 RESULTS = REPO / "build" / "architecture-matrix"  # one JSON per cell, so xdist workers' cells make one table
 
 
