@@ -53,10 +53,10 @@ class ExecuTorchRunner:
         """
         from executorch.runtime import Runtime
 
-        register_quantized_kernels()
         self.path = Path(path)
-        self.program = Runtime.get().load_program(self.path)
         with _cpuinfo_notices_dropped():
+            register_quantized_kernels()
+            self.program = Runtime.get().load_program(self.path)
             self.method = self.program.load_method("forward")
             self.feeders = {i: self.program.load_method(name) for i, name in (feeders or {}).items()}
         self.rows: dict[tuple, torch.Tensor] = {}
@@ -228,9 +228,10 @@ class EagerRunner:
         return out[0] if isinstance(out, (tuple, list)) else out
 
 
-# XNNPACK's cpuinfo prints these on C++ stderr when its first delegate is loaded on a machine without
-# ARM's midr files or with a cgroup-limited CPU count: facts about the host, nothing a user can act on.
-_CPUINFO_NOTICE = re.compile(rb"^\[cpuinfo_utils\.cpp:\d+\] (Failed to open midr file|CPU info and manual query)")
+# ExecuTorch's cpuinfo_utils logs its probing of the host on C++ stderr when the runtime and its first
+# delegate load ("Reading file /sys/devices/soc0/image_version", "Failed to open midr file", "CPU info and
+# manual query on # of cpus dont match"): facts about the host, nothing a user can act on.
+_CPUINFO_NOTICE = re.compile(rb"^\[cpuinfo_utils\.cpp:\d+\] ")
 
 
 @contextlib.contextmanager
