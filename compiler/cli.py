@@ -69,6 +69,26 @@ def cmd_check(a) -> int:
     return 0
 
 
+def cmd_generate(a) -> int:
+    from lgc.compiler.generate import LoadedBundle, output_paths, save_all
+    from lgc.compiler.ui import UI
+
+    ui = UI(quiet=a.quiet)
+    paths = output_paths(a.out, a.n)  # a bad -o fails before minutes of loading
+    ui.step(f"verifying and loading {a.bundle}")
+    bundle = LoadedBundle(a.bundle)
+    for name, runtime in bundle.runtimes.items():
+        ui.step(f"{name}: {bundle.manifest['components'][name]['file']} in {runtime}")
+    result = bundle.generate(a.prompt, seed=a.seed, guidance=a.guidance, negative=a.negative, count=a.n,
+                             progress=ui.counter("denoising"))
+    save_all(result.images, paths)
+    for name, ms in result.timings_ms.items():
+        ui.step(f"{name}: {result.calls[name]} call(s), {ms:.1f} ms in all")
+    for path, seed in zip(paths, result.seeds):
+        ui.step(f"wrote {path} (seed {seed})")
+    return 0
+
+
 def cmd_golden(a) -> int:
     from lgc.compiler.build import DEFAULT_MODEL
     from lgc.compiler.golden import generate_goldens
@@ -182,6 +202,17 @@ def parser() -> argparse.ArgumentParser:
     c.add_argument("--json", type=Path, default=None, help="write the figures and checks as JSON here")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(fn=cmd_check)
+
+    gen = sub.add_parser("generate", help="images from a bundle: verify it, then run its loop in the artifacts' runtimes")
+    gen.add_argument("bundle", type=Path, help="a folder lgc build wrote (build/<target>)")
+    gen.add_argument("prompt")
+    gen.add_argument("--seed", type=int, default=0, help="initial-noise seed; image k of -n uses seed + k (default 0)")
+    gen.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the bundle's)")
+    gen.add_argument("--negative", default="", help="negative prompt (classifier-free-guidance bundles)")
+    gen.add_argument("-n", type=int, default=1, help="how many images (default 1)")
+    gen.add_argument("-o", "--out", type=Path, default=Path("out.png"), help="PNG to write; with -n, STEM-K.png beside it")
+    gen.add_argument("--quiet", action="store_true")
+    gen.set_defaults(fn=cmd_generate)
 
     g = sub.add_parser("golden", help="regenerate fp16 golden outputs of a model (default: the reference models)")
     g.add_argument("--model", type=Path, default=None)

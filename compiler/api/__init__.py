@@ -22,4 +22,15 @@ def lower_sampler(scheduler_config: dict, steps: int, solver: str | None = None,
     return lower(scheduler_config, steps, solver=solver, guidance_scale=guidance_scale)
 
 
-__all__ = ["lower_sampler"]
+def load_bundle(path):
+    """A bundle verified (every file at its sha256, nothing unlisted) and loaded in its runtimes.
+
+    ``lgc.load_bundle("build/android-int8").generate("a photo of a cat", seed=0).images[0]`` is a PIL image;
+    ``generate`` also takes ``guidance``, ``negative`` and ``count``, and reports per-component timings.
+    """
+    from lgc.compiler.generate import LoadedBundle
+
+    return LoadedBundle(path)
+
+
+__all__ = ["load_bundle", "lower_sampler"]
