@@ -33,14 +33,17 @@ def sha256_file(path: Path) -> str:
     """
     path = Path(path)
     if path.is_dir():
-        lines = "".join(f"{sha256_file(f)}  {f.relative_to(path).as_posix()}\n"
-                        for f in sorted(path.rglob("*"), key=lambda f: f.relative_to(path).as_posix()) if f.is_file())
-        return hashlib.sha256(lines.encode()).hexdigest()
+        return listing_digest({f.relative_to(path).as_posix(): sha256_file(f) for f in path.rglob("*") if f.is_file()})
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def listing_digest(digests: dict[str, str]) -> str:
+    """A folder artifact's sha256 from its files' (relative path -> sha256): that of the sorted ``sha256sum`` lines."""
+    return hashlib.sha256("".join(f"{digests[rel]}  {rel}\n" for rel in sorted(digests)).encode()).hexdigest()
 
 
 def size_bytes(path: Path) -> int:
@@ -137,6 +140,7 @@ def verify_bundle_files(bundle: Path, manifest: dict) -> None:
         if f.is_symlink():
             raise UsageError(f"bundle {bundle}: {f.relative_to(bundle).as_posix()} is a symbolic link; a bundle holds plain files only")
     listed = manifest["files"]
+    verified = {}  # normalised relative path -> sha256, each file read once
     for rel, digest in listed.items():
         path = confined(bundle, rel)
         if not path.is_file():
@@ -144,6 +148,7 @@ def verify_bundle_files(bundle: Path, manifest: dict) -> None:
         actual = sha256_file(path)
         if actual != digest:
             raise UsageError(f"bundle {bundle}: {rel} was altered after build (sha256 {actual[:12]}... != manifest {digest[:12]}...)")
+        verified[path.relative_to(bundle).as_posix()] = actual
     unlisted = sorted(set(bundle_file_names(bundle)) - set(listed))
     if unlisted:
         raise UsageError(f"bundle {bundle}: {unlisted[0]} is not listed in the manifest ({len(unlisted)} unlisted file(s)); "
@@ -152,7 +157,12 @@ def verify_bundle_files(bundle: Path, manifest: dict) -> None:
         path = confined(bundle, comp["file"])
         if not path.exists():
             raise UsageError(f"bundle {bundle}: {name} file {comp['file']} is missing")
-        digest = sha256_file(path)
+        # Every file under it was hashed above (nothing unlisted remains): the digests are reused, not re-read.
+        rel = path.relative_to(bundle).as_posix()
+        digest = (listing_digest({k[len(rel) + 1:]: v for k, v in verified.items() if k.startswith(rel + "/")})
+                  if path.is_dir() else verified.get(rel))
+        if digest is None:  # a report file (manifest.json, ...) named as an artifact
+            raise UsageError(f"bundle {bundle}: {name} file {comp['file']} is not among the files the manifest lists")
         if digest != comp["sha256"]:
             raise UsageError(f"bundle {bundle}: {comp['file']} was altered after build (sha256 {digest[:12]}... != manifest {comp['sha256'][:12]}...)")
     tokenizer = confined(bundle, manifest["tokenizer"]["folder"])

@@ -152,3 +152,9 @@ def test_oversized_manifest_is_not_parsed(tmp_path):
         f.truncate(manifest_mod.MAX_MANIFEST_BYTES + 1)
     with pytest.raises(UsageError, match="more than a manifest holds"):
         manifest_mod.load(tmp_path)
+
+
+def test_a_report_file_named_as_an_artifact(bundle):
+    folder, man = bundle
+    comp = {**man["components"], "unet": {**man["components"]["unet"], "file": "manifest.json"}}
+    refused(folder, {**man, "components": comp}, "unet file manifest.json is not among the files the manifest lists")
