@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
 
 from lgc.compiler import manifest as manifest_mod
 from lgc.compiler.bundle import verify_bundle_files
@@ -74,7 +73,7 @@ class LoadedBundle:
         """``count`` images of ``prompt`` from seeds ``seed``, ``seed + 1``, ...; ``progress(done, total)`` per U-Net step."""
         from lgc.calibration.collect import guidance_embedding, initial_noise
         from lgc.runtime_harness.harness import timestep_cond
-        from lgc.runtime_harness.loop import generate, tokenize
+        from lgc.runtime_harness.loop import generate, to_pil, tokenize
 
         if count < 1:
             raise UsageError(f"-n must be at least 1, got {count}")
@@ -107,14 +106,6 @@ class LoadedBundle:
                            initial_noise(s, shape), mode == "cfg_batch", timestep_cond=tcond, on_unet=on_unet, noise_seed=s)
             images.append(to_pil(res.image))
         return Generation(images, seeds, {n: round(v, 2) for n, v in self._ms.items()}, dict(self._calls))
-
-
-def to_pil(image: torch.Tensor):
-    """[1, 3, H, W] in [0, 1] -> an RGB PIL image."""
-    from PIL import Image
-
-    arr = (image[0].clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr, mode="RGB")
 
 
 def output_paths(out: Path, count: int) -> list[Path]:

@@ -144,7 +144,6 @@ def _sha(path: Path) -> str:
 
 
 def _save_png(img: torch.Tensor, path: Path) -> None:
-    from PIL import Image
+    from lgc.runtime_harness.loop import to_pil
 
-    arr = (img.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).numpy()
-    Image.fromarray(arr).save(path, optimize=True)
+    to_pil(img).save(path, optimize=True)

@@ -208,10 +208,9 @@ def _shape_mismatch(msg: str) -> str:
 
 
 def _load(cls, folder: Path, part: str):
-    # safetensors whenever the folder has them: a pickle file beside them is never opened.
-    safe = any(f.name.endswith(".safetensors") for f in (folder / part).iterdir())
-    try:
-        return cls.from_pretrained(folder / part, torch_dtype=torch.float32, local_files_only=True, use_safetensors=safe)
+    try:  # safetensors whenever the folder has them: a pickle file beside them is never opened
+        return cls.from_pretrained(folder / part, torch_dtype=torch.float32, local_files_only=True,
+                                   use_safetensors=_has_safetensors(folder, part))
     except (UnsupportedModelError, ModelInputError):
         raise
     except Exception as e:  # diffusers/transformers raise many kinds; all mean the files are broken
@@ -221,11 +220,15 @@ def _load(cls, folder: Path, part: str):
         raise ModelInputError(f"{part}: cannot load weights from {folder / part}: {type(e).__name__}: {msg}") from None
 
 
+def _has_safetensors(folder: Path, part: str) -> bool:
+    return any(f.name.endswith(".safetensors") for f in (folder / part).iterdir())
+
+
 def _check_weight_files(folder: Path, part: str, allow_pickle: bool) -> None:
     files = [f for f in (folder / part).iterdir() if f.name.endswith(WEIGHT_SUFFIXES)]
     if not files:
         raise ModelInputError(f"{part}: no weight file (*.safetensors or *.bin) in {folder / part}")
-    if not allow_pickle and not any(f.name.endswith(".safetensors") for f in files):
+    if not allow_pickle and not _has_safetensors(folder, part):
         # A pickle can run code when unpickled; diffusers and transformers load it with torch.load(weights_only=True),
         # which is a guard of torch's, not a format. Only a user who trusts the folder opts in.
         raise ModelInputError(f"{part}: weights are pickle files ({files[0].name}), which lgc opens only for a folder you trust: "

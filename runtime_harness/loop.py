@@ -80,3 +80,11 @@ def generate(
         del x_hist[keep:], eps_hist[keep:]
     latents = x_hist[0]
     return LoopResult(vae_decoder(latents), latents, embeds, unet_io)
+
+
+def to_pil(image: torch.Tensor):
+    """A loop image ([1, 3, H, W] or [3, H, W], in [0, 1]) as an RGB PIL image, 8 bits per channel."""
+    from PIL import Image
+
+    arr = (image.reshape(image.shape[-3:]).clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+    return Image.fromarray(arr, mode="RGB")

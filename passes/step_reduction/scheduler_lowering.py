@@ -142,10 +142,8 @@ def _set_timesteps(sched, cls_name: str, steps: int, timesteps) -> None:
     if timesteps is None:
         sched.set_timesteps(steps)
         return
-    if "timesteps" not in inspect.signature(sched.set_timesteps).parameters:
-        import diffusers
-
-        takers = [c for c in SUPPORTED if "timesteps" in inspect.signature(getattr(diffusers, c).set_timesteps).parameters]
+    if not takes_timesteps(cls_name):
+        takers = [c for c in SUPPORTED if takes_timesteps(c)]
         raise UsageError(f"{cls_name}.set_timesteps takes no explicit timesteps, so --schedule optimized cannot set them; "
                          f"use a solver whose scheduler does ({', '.join(takers)})")
     ts = [int(t) for t in timesteps]
@@ -153,6 +151,13 @@ def _set_timesteps(sched, cls_name: str, steps: int, timesteps) -> None:
     if len(ts) != steps or any(b >= a for a, b in zip(ts, ts[1:])) or min(ts) < 0 or max(ts) >= n_train:
         raise UsageError(f"timesteps must be {steps} distinct values, decreasing and in [0, {n_train}), got {list(timesteps)}")
     sched.set_timesteps(timesteps=ts)
+
+
+def takes_timesteps(cls_name: str) -> bool:
+    """Whether the class's ``set_timesteps`` accepts explicit timesteps (what ``--schedule optimized`` sets)."""
+    import diffusers
+
+    return "timesteps" in inspect.signature(getattr(diffusers, cls_name).set_timesteps).parameters
 
 
 def _pipeline_loop(sched, x, model, draws, eta: float):
@@ -353,15 +358,13 @@ def lower_sampler(scheduler_config: dict, steps: int, solver: str | None = None,
 
 def why_not_searchable(plan: dict) -> str | None:
     """Why ``--schedule optimized`` cannot search this plan's timesteps, or None if it can."""
-    import diffusers
-
     cls_name = plan["scheduler"]["class"]
     if plan.get("noise_coef"):
         return f"--schedule optimized needs an ODE solver; {plan['solver']} adds fresh noise every step"
     if plan.get("inference_steps") is not None and plan["num_steps"] != plan["inference_steps"]:
         return (f"--schedule optimized searches one timestep per U-Net evaluation; {plan['solver']} makes "
                 f"{plan['num_steps']} evaluations for {plan['inference_steps']} steps: pick another --solver")
-    if "timesteps" not in inspect.signature(getattr(diffusers, cls_name).set_timesteps).parameters:
+    if not takes_timesteps(cls_name):
         return f"{cls_name}.set_timesteps takes no explicit timesteps, so --schedule optimized cannot set them: pick another --solver (e.g. dpmpp_2m)"
     return None
 
