@@ -10,7 +10,7 @@ for android-fp32 and three for android-int8 (what `lgc build --target android-*`
     LGC_MATRIX=full python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup tests/compiler/test_architecture_matrix.py
 
 builds every structure for android-int8 too, and ios-fp16, ios-w8 and tvm-host, and rewrites the
-README's architecture table (between its `<!-- architecture-matrix -->` marks) from what it measured.
+table in docs/architectures.md (between its `<!-- architecture-matrix -->` marks) from what it measured.
 """
 
 from __future__ import annotations
@@ -35,7 +35,7 @@ CELLS = [(v, t) for v in sorted(VARIANTS) for t in PROFILES
          if FULL or t == "android-fp32" or (t == "android-int8" and v in INT8_IN_CI)]
 # End to end against the eager fp32 model on the same sampler; random weights make int8 and 8-bit
 # palettes harsher than on trained models (the reference model's int8 bar is 30 dB against fp16 goldens).
-# Set under the lowest cell of the full run (README table): int8 36.1, ios-fp16 62.5, ios-w8 58.6 dB.
+# Set under the lowest cell of the full run (docs/architectures.md): int8 36.1, ios-fp16 62.5, ios-w8 58.6 dB.
 BAR_DB = {"android-fp32": 60.0, "android-int8": 30.0, "ios-fp16": 50.0, "ios-w8": 45.0, "tvm-host": 60.0}
 RESULTS = REPO / "build" / "architecture-matrix"  # one JSON per cell, so xdist workers' cells make one table
 
@@ -123,7 +123,7 @@ def test_refused_structures_exit_4_with_one_line(case, tiny_pipeline, tmp_path, 
 
 
 def _write_table(built: dict) -> None:
-    """The README's table: the matrix as this run found it (end-to-end PSNR against eager; delegates)."""
+    """docs/architectures.md's table: the matrix as this run found it (end-to-end PSNR against eager; delegates)."""
     variants = sorted({v for v, _ in built})
     targets = [t for t in BAR_DB if any(t == tt for _, tt in built)]
     rows = ["| structure | " + " | ".join(targets) + " |", "|---|" + "---|" * len(targets)]
@@ -141,8 +141,8 @@ def _write_table(built: dict) -> None:
                 whole = "" if None in subgraphs else (", 1 delegate each" if set(subgraphs) == {1} else f", delegates {subgraphs}")
                 cells.append(f"{c['report']['end_to_end']['psnr_db_min']:.1f} dB{whole}")
         rows.append(f"| {v} | " + " | ".join(cells) + " |")
-    readme = (REPO / "README.md").read_text()
+    doc = REPO / "docs" / "architectures.md"
     mark = "<!-- architecture-matrix -->"
-    before, _, rest = readme.partition(mark)
+    before, _, rest = doc.read_text().partition(mark)
     _, _, after = rest.partition(mark)
-    (REPO / "README.md").write_text(before + mark + "\n" + "\n".join(rows) + "\n" + mark + after)
+    doc.write_text(before + mark + "\n" + "\n".join(rows) + "\n" + mark + after)
