@@ -1,6 +1,10 @@
 #include "lgc/bundle.h"
 
+#if defined(__APPLE__)
+#include <CommonCrypto/CommonDigest.h>  // iOS and macOS: the system's digest, no OpenSSL to ship
+#else
 #include <openssl/evp.h>
+#endif
 
 #include <cmath>
 #include <filesystem>
@@ -96,22 +100,32 @@ int64_t TensorSpec::numel() const {
 std::string sha256_file(const std::string& path) {
   std::ifstream in(path, std::ios::binary);
   if (!in) throw Error(kUsage, "cannot read " + path);
+  std::vector<char> buf(1 << 20);
+  unsigned char md[32];
+#if defined(__APPLE__)
+  CC_SHA256_CTX ctx;
+  CC_SHA256_Init(&ctx);
+  while (in) {
+    in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
+    CC_SHA256_Update(&ctx, buf.data(), static_cast<CC_LONG>(in.gcount()));
+  }
+  CC_SHA256_Final(md, &ctx);
+#else
   EVP_MD_CTX* ctx = EVP_MD_CTX_new();
   EVP_DigestInit_ex(ctx, EVP_sha256(), nullptr);
-  std::vector<char> buf(1 << 20);
   while (in) {
     in.read(buf.data(), static_cast<std::streamsize>(buf.size()));
     EVP_DigestUpdate(ctx, buf.data(), static_cast<size_t>(in.gcount()));
   }
-  unsigned char md[EVP_MAX_MD_SIZE];
   unsigned int len = 0;
   EVP_DigestFinal_ex(ctx, md, &len);
   EVP_MD_CTX_free(ctx);
+#endif
   static const char* hex = "0123456789abcdef";
   std::string out;
-  for (unsigned int i = 0; i < len; ++i) {
-    out += hex[md[i] >> 4];
-    out += hex[md[i] & 15];
+  for (unsigned char byte : md) {
+    out += hex[byte >> 4];
+    out += hex[byte & 15];
   }
   return out;
 }

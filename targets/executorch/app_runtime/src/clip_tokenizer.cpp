@@ -1,9 +1,10 @@
 #include "lgc/clip_tokenizer.h"
 
-#include <unicode/locid.h>
-#include <unicode/normalizer2.h>
+// ICU's C API only: it is what Android's NDK exposes (libicu, API level 31+) and Apple's libicucore exports.
 #include <unicode/uchar.h>
-#include <unicode/unistr.h>
+#include <unicode/unorm2.h>
+#include <unicode/ustring.h>
+#include <unicode/utf16.h>
 
 #include <algorithm>
 #include <fstream>
@@ -15,6 +16,19 @@ using nlohmann::json;
 
 namespace lgc {
 namespace {
+
+void append_utf8(std::string& s, UChar32 c) {
+  if (c < 0x80) {
+    s += static_cast<char>(c);
+  } else if (c < 0x800) {
+    s += static_cast<char>(0xC0 | (c >> 6)), s += static_cast<char>(0x80 | (c & 0x3F));
+  } else if (c < 0x10000) {
+    s += static_cast<char>(0xE0 | (c >> 12)), s += static_cast<char>(0x80 | ((c >> 6) & 0x3F)), s += static_cast<char>(0x80 | (c & 0x3F));
+  } else {
+    s += static_cast<char>(0xF0 | (c >> 18)), s += static_cast<char>(0x80 | ((c >> 12) & 0x3F));
+    s += static_cast<char>(0x80 | ((c >> 6) & 0x3F)), s += static_cast<char>(0x80 | (c & 0x3F));
+  }
+}
 
 const char* kClipSplit =
     "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|[\\p{L}]+|[\\p{N}]|[^\\s\\p{L}\\p{N}]+";
@@ -54,10 +68,8 @@ void bytes_to_unicode(std::string (&table)[256]) {
   int extra = 0;
   for (int b = 0; b < 256; ++b) {
     const bool printable = (b >= '!' && b <= '~') || (b >= 0xA1 && b <= 0xAC) || (b >= 0xAE && b <= 0xFF);
-    const UChar32 cp = printable ? b : 256 + extra++;
-    std::string s;
-    icu::UnicodeString(cp).toUTF8String(s);
-    table[b] = s;
+    table[b].clear();
+    append_utf8(table[b], printable ? b : 256 + extra++);
   }
 }
 
@@ -67,8 +79,28 @@ bool is_space(UChar32 c) { return u_isUWhiteSpace(c); }
 
 std::string utf8_of(const std::vector<UChar32>& cps, size_t begin, size_t end) {
   std::string s;
-  for (size_t k = begin; k < end; ++k) icu::UnicodeString(cps[k]).toUTF8String(s);
+  for (size_t k = begin; k < end; ++k) append_utf8(s, cps[k]);
   return s;
+}
+
+// UTF-8 text as UTF-16, NFC-normalized; exit 2 for bytes that are not UTF-8.
+std::u16string nfc_utf16(const std::string& utf8) {
+  UErrorCode status = U_ZERO_ERROR;
+  int32_t len = 0;
+  u_strFromUTF8(nullptr, 0, &len, utf8.data(), static_cast<int32_t>(utf8.size()), &status);
+  if (status != U_BUFFER_OVERFLOW_ERROR && U_FAILURE(status)) throw Error(kUsage, "prompt is not valid UTF-8 text");
+  std::u16string raw(static_cast<size_t>(len), u'\0');
+  status = U_ZERO_ERROR;
+  u_strFromUTF8(raw.data(), len, nullptr, utf8.data(), static_cast<int32_t>(utf8.size()), &status);
+  if (U_FAILURE(status)) throw Error(kUsage, "prompt is not valid UTF-8 text");
+  const UNormalizer2* nfc = unorm2_getNFCInstance(&status);
+  const int32_t need = unorm2_normalize(nfc, raw.data(), len, nullptr, 0, &status);
+  if (status != U_BUFFER_OVERFLOW_ERROR && U_FAILURE(status)) throw Error(kUsage, "prompt cannot be NFC-normalized");
+  std::u16string out(static_cast<size_t>(need), u'\0');
+  status = U_ZERO_ERROR;
+  unorm2_normalize(nfc, raw.data(), len, out.data(), need, &status);
+  if (U_FAILURE(status)) throw Error(kUsage, "prompt cannot be NFC-normalized");
+  return out;
 }
 
 }  // namespace
@@ -158,17 +190,23 @@ void ClipTokenizer::bpe(const std::string& piece, std::vector<int64_t>& out) con
 }
 
 void ClipTokenizer::encode_text(const std::string& utf8, std::vector<int64_t>& out) const {
-  UErrorCode status = U_ZERO_ERROR;
-  const icu::Normalizer2* nfc = icu::Normalizer2::getNFCInstance(status);
-  icu::UnicodeString text = nfc->normalize(icu::UnicodeString::fromUTF8(utf8), status);
-  if (U_FAILURE(status)) throw Error(kUsage, "prompt is not valid UTF-8 text");
+  const std::u16string text = nfc_utf16(utf8);
   // Lowercase one character at a time with the full mapping (as the tokenizers library does: no
   // context rules such as a final sigma); whitespace runs need no rewriting since the split drops them.
   std::vector<UChar32> cps;
-  for (int32_t i = 0; i < text.length(); i += U16_LENGTH(text.char32At(i))) {
-    icu::UnicodeString lower(text.char32At(i));
-    lower.toLower(icu::Locale::getRoot());
-    for (int32_t k = 0; k < lower.length(); k += U16_LENGTH(lower.char32At(k))) cps.push_back(lower.char32At(k));
+  const int32_t length = static_cast<int32_t>(text.size());
+  for (int32_t i = 0; i < length;) {
+    const int32_t start = i;
+    UChar32 c;
+    U16_NEXT(text.data(), i, length, c);
+    UChar lower[8];
+    UErrorCode status = U_ZERO_ERROR;
+    const int32_t n = u_strToLower(lower, 8, text.data() + start, i - start, "", &status);
+    if (U_FAILURE(status)) throw Error(kUsage, "prompt cannot be lowercased");
+    for (int32_t k = 0; k < n;) {
+      U16_NEXT(lower, k, n, c);
+      cps.push_back(c);
+    }
   }
   auto literal_at = [&](size_t i, const char* lit) {
     size_t k = 0;

@@ -85,7 +85,7 @@ Args parse(int argc, char** argv) {
     else if (s.size() > 1 && s[0] == '-') throw lgc::Error(lgc::kUsage, "unknown option " + s + " (a prompt starting with '-' goes after --)");
     else pos.push_back(s);
   }
-  if (pos.size() != 2) throw lgc::Error(lgc::kUsage, "expected BUNDLE and PROMPT\n" + std::string(kUsage));
+  if (pos.size() != 2) throw lgc::Error(lgc::kUsage, "expected BUNDLE and PROMPT (see --help)");
   a.bundle = pos[0], a.prompt = pos[1];
   if (fs::path(a.out).extension() != ".png") throw lgc::Error(lgc::kUsage, "-o must name a .png file, got " + a.out);
   return a;
@@ -128,14 +128,14 @@ int main(int argc, char** argv) {
     const auto t0 = std::chrono::steady_clock::now();
     lgc::Pipeline pipe(a.bundle);
     const double load_ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
-    std::fprintf(stderr, "bundle %s verified and loaded in %.0f ms (%s, %zu steps)\n", a.bundle.c_str(), load_ms,
-                 pipe.manifest().target.c_str(), pipe.manifest().sampler.timesteps.size());
     std::optional<std::vector<float>> noise;
     if (!a.noise_file.empty()) {
       size_t n = 1;
       for (auto d : pipe.manifest().latent_shape) n *= static_cast<size_t>(d);
       noise = read_floats(a.noise_file, n);
     }
+    std::fprintf(stderr, "bundle %s verified and loaded in %.0f ms (%s, %zu steps)\n", a.bundle.c_str(), load_ms,
+                 pipe.manifest().target.c_str(), pipe.manifest().sampler.timesteps.size());
     const bool tty = isatty(2);
     for (int k = 0; k < a.count; ++k) {
       lgc::GenerateOptions o;

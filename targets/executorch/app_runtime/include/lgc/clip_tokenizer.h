@@ -7,7 +7,7 @@
 // for it), bytes mapped to GPT-2's printable characters,
 // BPE merges by rank with "</w>" on each word's last symbol, then bos + ids[:max_length - 2] + eos
 // padded with the pad id. A tokenizer.json of any other form is refused by name, never approximated.
-// Unicode properties and case mapping come from ICU.
+// Unicode properties, NFC and case mapping come from ICU's C API (Android NDK API 31+, Apple's libicucore).
 #pragma once
 
 #include <cstdint>
