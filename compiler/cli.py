@@ -24,23 +24,15 @@ class _Parser(argparse.ArgumentParser):
 
 
 def cmd_build(a) -> int:
-    from lgc.compiler.build import build
+    import lgc
     from lgc.compiler.ui import UI
 
-    if a.min_psnr is not None:
-        from lgc.targets.profiles import get_profile
-
-        if "search_mixed_precision" not in get_profile(a.target).pipeline():
-            raise UsageError(f"--min-psnr picks which layers stay out of int8; {a.target} does not quantize to int8 (try android-int8)")
     ui = UI(quiet=a.quiet)
-    overrides = {"steps": a.steps, "solver": a.solver, "guidance_scale": a.guidance, "image_size": a.image_size, "schedule": a.schedule}
-    report = build(a.model, a.target, a.out, ui, overrides=overrides, cache_dir=a.cache_dir, golden_dir=a.golden,
-                   emit_options={"tuning_trials": a.tune_trials, "tuning_records": False if a.no_tuning_records else None},
-                   quality_steps=_step_counts(a.quality_vs_steps), allow_pickle=a.allow_pickle,
-                   settings=a.set + ([f"calibrate_observers.prompts_file={a.calibration_prompts}"] if a.calibration_prompts else [])
-                   + (["analyze_sensitivity.enabled=true"] if a.explain else [])
-                   + ([f"search_mixed_precision.min_psnr_db={a.min_psnr}"] if a.min_psnr is not None else []))
-    ui.summary(report)
+    built = lgc.build(a.model, a.target, a.out, steps=a.steps, solver=a.solver, schedule=a.schedule, guidance=a.guidance,
+                      image_size=a.image_size, golden=a.golden, cache_dir=a.cache_dir, calibration_prompts=a.calibration_prompts,
+                      explain=a.explain, min_psnr=a.min_psnr, quality_vs_steps=_step_counts(a.quality_vs_steps), settings=a.set,
+                      tune_trials=a.tune_trials, tuning_records=not a.no_tuning_records, allow_pickle=a.allow_pickle, ui=ui)
+    ui.summary(built.report)
     return 0
 
 

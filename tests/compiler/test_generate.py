@@ -92,3 +92,14 @@ def test_guidance_modes_are_checked(loaded):
     finally:
         m["guidance"].clear()
         m["guidance"].update(saved)
+
+
+def test_python_build_api_mirrors_the_cli(bundles, tmp_path):
+    """``lgc.build`` with the CLI's defaults makes the same bundle (warm: the fixture's artifact cache)."""
+    made = bundles["android-fp32"][0]
+    built = lgc.build(target="android-fp32", out=tmp_path, cache_dir=made.parent / ".cache")
+    assert built.path == tmp_path / "android-fp32"
+    assert (built.path / "manifest.json").read_bytes() == (made / "manifest.json").read_bytes()
+    assert built.report["end_to_end"]["psnr_db_min"] == bundles["android-fp32"][1]["end_to_end"]["psnr_db_min"]
+    with pytest.raises(UsageError, match="does not quantize to int8"):
+        lgc.build(target="android-fp32", out=tmp_path, min_psnr=30)
