@@ -31,8 +31,11 @@ def runtime_names(manifest: dict) -> dict[str, str]:
     """What runs each component on this machine, in words."""
     out = {}
     for name, c in manifest["components"].items():
-        if c["runtime"] == "coreml":
-            out[name] = "Core ML's predict" if sys.platform == "darwin" else "lgc's MIL interpreter (Core ML's predict needs macOS)"
+        if c["runtime"] in ("coreml", "executorch-coreml"):
+            # ios-et: the .pte is one Core ML delegate call; its payload runs as a Core ML model would.
+            inside = " on the .pte's Core ML delegate payload" if c["runtime"] == "executorch-coreml" else ""
+            out[name] = (f"Core ML's predict{inside}" if sys.platform == "darwin"
+                         else f"lgc's MIL interpreter{inside} (Core ML's predict needs macOS)")
         else:
             out[name] = {"executorch": "the ExecuTorch runtime", "tvm": "the TVM runtime"}.get(c["runtime"], c["runtime"])
     return out

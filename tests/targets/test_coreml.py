@@ -183,3 +183,23 @@ def test_ios_et_runner_refuses_other_programs(bundles):
     folder, _ = bundles["android-fp32"]
     with pytest.raises(UnsupportedModelError, match="not a single Core ML delegate call"):
         ExecuTorchCoreMLRunner(folder / "unet.pte")
+
+
+@pytest.mark.parametrize("target", ["ios-fp16", "ios-et"])
+def test_generate_runs_a_core_ml_bundle_and_says_in_what(ios_bundles, target):
+    """`lgc.load_bundle(...).generate` on Core ML artifacts: the golden case's image, as the build's check scored it."""
+    import lgc
+    from lgc.runtime_harness.golden import GOLDEN_ROOT, read_golden_dir
+    from lgc.runtime_harness.metrics import psnr_db
+
+    folder, report = ios_bundles[target]
+    bundle = lgc.load_bundle(folder)
+    if sys.platform != "darwin":
+        assert all("MIL interpreter" in r for r in bundle.runtimes.values()), bundle.runtimes
+    case = read_golden_dir(GOLDEN_ROOT / "reference-student").cases[0]
+    made = bundle.generate(case.prompt, seed=case.seed)
+    got = torch.from_numpy(__import__("numpy").array(made.images[0])).permute(2, 0, 1).float().unsqueeze(0) / 255
+    ref = case.image.unsqueeze(0) if case.image.dim() == 3 else case.image
+    # The bundle's worst golden case, less 8-bit PNG rounding.
+    assert psnr_db(got, ref, data_range=1.0) >= report["end_to_end"]["psnr_db_min"] - 1.0
+    assert made.calls["unet"] == len(bundle.manifest["sampler"]["timesteps"])

@@ -67,3 +67,27 @@ def test_lgc_check_points_an_arm64_bundle_to_its_twin(arm64_build):
     out, _ = arm64_build
     with pytest.raises(UsageError, match="check its tvm-host twin instead"):
         check(out / "tvm-android-arm64")
+
+
+def test_generate_refuses_the_arm64_bundle_and_runs_its_host_build(arm64_build, tiny_pipeline):
+    """`lgc generate` names the twin for a phone-only bundle, and runs a tvm-host build of the same model."""
+    import numpy as np
+    import torch
+
+    import lgc
+    from lgc.compiler.errors import UsageError
+    from lgc.compiler.model_import import load_pipeline
+    from lgc.runtime_harness.harness import eager_reference
+    from lgc.runtime_harness.metrics import psnr_db
+
+    out, _ = arm64_build
+    with pytest.raises(UsageError, match="generate with a tvm-host bundle"):
+        lgc.load_bundle(out / "tvm-android-arm64")
+    built = lgc.build(tiny_pipeline("sd1"), "tvm-host", out)  # the twin's lowerings are cached in out/.cache
+    bundle = lgc.load_bundle(built.path)
+    assert set(bundle.runtimes.values()) == {"the TVM runtime"}
+    made = bundle.generate("a photo of a cat", seed=0)
+    got = torch.from_numpy(np.array(made.images[0])).permute(2, 0, 1).float().unsqueeze(0) / 255
+    model = load_pipeline(tiny_pipeline("sd1"), ("text_encoder", "unet", "vae_decoder"), None)
+    ref = eager_reference(model, bundle.manifest["sampler"], ["a photo of a cat"], [0], []).cases[0].image
+    assert psnr_db(got, ref.unsqueeze(0), data_range=1.0) >= 40.0
