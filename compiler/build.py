@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,8 @@ from lgc.targets import EMITTERS, KEY_MATERIAL, RUNNERS
 from lgc.targets.executorch.emit import DELEGATION_FIELDS
 from lgc.targets.profiles import TWIN_SHARED_EMIT_OPTIONS, Profile, get_profile
 
-LGC_VERSION = "0.1.0"
+# One version source: pyproject.toml, as installed (editable or not).
+LGC_VERSION = importlib.metadata.version("lgc")
 REFERENCE_STEPS = 50  # the many-step reference the quality-vs-steps table is measured against
 # --min-psnr: lowerings tried at most (each re-lowers the U-Net), when the goldens disagree with the search's cases.
 BUDGET_ATTEMPTS = 4

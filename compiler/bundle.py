@@ -168,10 +168,3 @@ def verify_bundle_files(bundle: Path, manifest: dict) -> None:
     tokenizer = confined(bundle, manifest["tokenizer"]["folder"])
     if not tokenizer.is_dir() or not any(tokenizer.iterdir()):
         raise UsageError(f"bundle {bundle}: tokenizer folder {manifest['tokenizer']['folder']} is missing")
-
-
-def copy_tree(src: Path, dst: Path) -> None:
-    try:
-        shutil.copytree(src, dst)
-    except OSError as e:
-        raise BuildError(f"cannot copy {src} into the bundle: {e}") from None
