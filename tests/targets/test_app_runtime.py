@@ -261,6 +261,55 @@ def test_seed_and_step_noise_are_torchs(app, bundles, tmp_path):
     assert float(np.abs(avx2 - ref["noise"]).max()) < 1e-5
 
 
+# --- AArch64 --------------------------------------------------------------------------------------------
+
+
+def _arm64_missing() -> str | None:
+    for tool, package in (("qemu-aarch64-static", "qemu-user-static"), ("aarch64-linux-gnu-g++", "g++-aarch64-linux-gnu")):
+        if shutil.which(tool) is None:
+            return f"{tool} is not installed (Debian: {package}; arm64/build.sh installs it)"
+    if not Path("/usr/lib/aarch64-linux-gnu/libicuuc.so").exists():
+        return "arm64 ICU/OpenSSL/libpng are not installed (arm64/build.sh installs them)"
+    return None
+
+
+@pytest.fixture(scope="module")
+def arm64_app(tmp_path_factory) -> Path:
+    why = _missing_prerequisite() or _arm64_missing()
+    if why:
+        pytest.skip(f"the arm64 app runtime cannot be built here: {why}")
+    out = tmp_path_factory.mktemp("app-runtime-arm64")
+    done = subprocess.run(["bash", str(SOURCE / "arm64" / "build.sh"), str(out)], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out
+
+
+def test_arm64_kernels_score_like_x86_on_a_golden_case(app, arm64_app, bundles, tmp_path):
+    """The bundles on XNNPACK's AArch64 kernels (qemu, dot-product CPU): fp32 the same image, int8 as good."""
+    from lgc.runtime_harness.metrics import psnr_db
+
+    case = read_golden_dir(GOLDEN_ROOT / "reference-student").cases[0]
+    qemu = ["qemu-aarch64-static", "-cpu", "neoverse-n1", str(arm64_app / "lgc-generate")]
+    images = {}
+    for target in ("android-fp32", "android-int8"):
+        bundle = bundles[target][0]
+        case.noise.numpy().astype(np.float32).tofile(tmp_path / "noise.f32")
+        done = subprocess.run(qemu + [str(bundle), case.prompt, "--noise", str(tmp_path / "noise.f32"), "--raw",
+                                      str(tmp_path / "arm.f32"), "-o", str(tmp_path / "arm.png")], capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr
+        arm = np.fromfile(tmp_path / "arm.f32", dtype=np.float32)
+        x86 = cpp_image(app, bundle, case.prompt, tmp_path, case.noise.numpy())
+        images[target] = (torch.from_numpy(arm), torch.from_numpy(x86))
+    arm, x86 = images["android-fp32"]
+    assert float((arm - x86).abs().max()) <= 1e-4
+    arm, x86 = images["android-int8"]
+    golden = case.image.reshape(-1)
+    # ARM's int8 kernels round differently from x86's: another image (34-36 dB apart), of the same quality
+    # against the golden: within 1 dB of the bundle's worst x86 case, far above lgc check's gate (25 dB).
+    assert float((arm - x86).abs().max()) > 1e-3
+    assert psnr_db(arm, golden, data_range=1.0) >= bundles["android-int8"][1]["end_to_end"]["psnr_db_min"] - 1.0
+
+
 # --- bad bundles and arguments -------------------------------------------------------------------------
 
 
