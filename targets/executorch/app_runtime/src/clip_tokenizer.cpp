@@ -77,6 +77,20 @@ bool is_letter(UChar32 c) { return (U_GET_GC_MASK(c) & U_GC_L_MASK) != 0; }
 bool is_number(UChar32 c) { return (U_GET_GC_MASK(c) & U_GC_N_MASK) != 0; }
 bool is_space(UChar32 c) { return u_isUWhiteSpace(c); }
 
+// The pattern's literal alternatives, in its order: the first that matches at a position wins.
+const std::vector<const char*> kContractions = {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
+const std::vector<const char*> kClipLiterals = {"<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
+
+// Length of the first of `literals` that cps[i, end) starts with, or 0.
+size_t literal_at(const std::vector<UChar32>& cps, size_t i, size_t end, const std::vector<const char*>& literals) {
+  for (const char* lit : literals) {
+    size_t k = 0;
+    while (lit[k] && i + k < end && cps[i + k] == static_cast<UChar32>(lit[k])) ++k;
+    if (!lit[k]) return k;
+  }
+  return 0;
+}
+
 std::string utf8_of(const std::vector<UChar32>& cps, size_t begin, size_t end) {
   std::string s;
   for (size_t k = begin; k < end; ++k) append_utf8(s, cps[k]);
@@ -208,19 +222,11 @@ void ClipTokenizer::encode_text(const std::string& utf8, std::vector<int64_t>& o
       cps.push_back(c);
     }
   }
-  auto literal_at = [&](size_t i, const char* lit) {
-    size_t k = 0;
-    for (; lit[k]; ++k)
-      if (i + k >= cps.size() || cps[i + k] != static_cast<UChar32>(lit[k])) return size_t{0};
-    return k;
-  };
   const size_t n = cps.size();
   for (size_t i = 0; i < n;) {
     size_t j = i;
     const UChar32 c = cps[i];
-    size_t lit = 0;
-    for (const char* s : {"<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"})
-      if (!lit) lit = literal_at(i, s);
+    const size_t lit = literal_at(cps, i, n, kClipLiterals);
     if (lit) {
       j = i + lit;
     } else if (is_letter(c)) {
@@ -247,12 +253,7 @@ void ClipTokenizer::encode_text(const std::string& utf8, std::vector<int64_t>& o
 void ClipTokenizer::gpt2_split(const std::vector<UChar32>& cps, size_t begin, size_t end, std::vector<int64_t>& out) const {
   for (size_t i = begin; i < end;) {
     size_t j = i;
-    size_t lit = 0;
-    for (const char* s : {"'s", "'t", "'re", "'ve", "'m", "'ll", "'d"}) {
-      size_t k = 0;
-      while (s[k] && i + k < end && cps[i + k] == static_cast<UChar32>(s[k])) ++k;
-      if (!s[k] && !lit) lit = k;
-    }
+    const size_t lit = literal_at(cps, i, end, kContractions);
     if (lit) j = i + lit;
     else if (is_letter(cps[i])) while (j < end && is_letter(cps[j])) ++j;
     else if (is_number(cps[i])) while (j < end && is_number(cps[j])) ++j;
