@@ -167,6 +167,8 @@ Manifest read_manifest(const std::string& bundle) {
   if (version < kSchemaVersion)
     throw Error(kUsage, "manifest schema_version " + std::to_string(version) + " predates the file list every bundle now carries; rebuild the bundle");
   m.target = get<std::string>(j, "target", "(top level)");
+  if (j.contains("verified_with") && j["verified_with"].is_object())
+    m.verified_with = get<std::string>(j["verified_with"], "target", "verified_with");
   const json& tok = at(j, "tokenizer", "(top level)");
   m.tokenizer_folder = get<std::string>(tok, "folder", "tokenizer");
   m.max_length = get<int>(tok, "max_length", "tokenizer");
@@ -189,6 +191,7 @@ Manifest read_manifest(const std::string& bundle) {
     const std::string w = "components/" + name;
     Component comp;
     comp.file = get<std::string>(c, "file", w);
+    comp.sha256 = get<std::string>(c, "sha256", w);
     comp.runtime = get<std::string>(c, "runtime", w);
     comp.inputs = specs(at(c, "inputs", w), w + "/inputs");
     comp.outputs = specs(at(c, "outputs", w), w + "/outputs");
@@ -233,8 +236,7 @@ void verify_bundle_files(const std::string& bundle, const Manifest& manifest) {
   for (const auto& [name, comp] : manifest.components) {
     const std::string path = confined(bundle, comp.file);
     if (!fs::is_regular_file(path)) bad(bundle, name + " file " + comp.file + " is missing");
-    const std::string digest = manifest.raw["components"][name].value("sha256", "");
-    if (manifest.files.count(comp.file) == 0 || manifest.files.at(comp.file) != digest)
+    if (manifest.files.count(comp.file) == 0 || manifest.files.at(comp.file) != comp.sha256)
       bad(bundle, comp.file + " was altered after build (its sha256 differs from the manifest's entry for " + name + ")");
   }
   const std::string tok = confined(bundle, manifest.tokenizer_folder);

@@ -92,7 +92,7 @@ struct Pipeline::Loaded {
 
 Pipeline::Pipeline(const std::string& bundle) : bundle_(bundle), manifest_(read_manifest(bundle)) {
   verify_bundle_files(bundle_, manifest_);  // before anything of the bundle is opened
-  if (manifest_.raw.contains("verified_with") && !manifest_.raw["verified_with"].is_null())
+  if (!manifest_.verified_with.empty())
     throw Error(kUnsupported, manifest_.target + " artifacts are checked through a twin; the C++ app runtime runs ExecuTorch bundles (android-*)");
   tokenizer_ = std::make_unique<ClipTokenizer>(confined(bundle_, manifest_.tokenizer_folder));
   if (tokenizer_->bos_id() != manifest_.bos_id || tokenizer_->eos_id() != manifest_.eos_id)

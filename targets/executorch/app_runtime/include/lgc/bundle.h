@@ -26,6 +26,7 @@ struct TensorSpec {
 
 struct Component {
   std::string file;  // relative to the bundle folder
+  std::string sha256;
   std::string runtime;
   std::vector<TensorSpec> inputs, outputs;
   // Other methods of the program that compute one of forward's inputs: {method: input name it feeds}.
@@ -44,6 +45,7 @@ struct SamplerPlan {
 
 struct Manifest {
   std::string target;
+  std::string verified_with;  // the twin target whose artifacts stood in for these (phone-only bundles), or ""
   std::string tokenizer_folder;
   int max_length = 0;
   int64_t bos_id = 0, eos_id = 0, pad_id = 0;
@@ -54,7 +56,7 @@ struct Manifest {
   SamplerPlan sampler;
   std::map<std::string, Component> components;  // text_encoder, unet, vae_decoder
   std::map<std::string, std::string> files;      // every shipped file -> sha256
-  nlohmann::json raw;
+  nlohmann::json raw;                            // the whole manifest, for fields this struct does not name
 };
 
 // manifest.json of `bundle`, parsed and checked (schema version, the fields the loop reads, the sampler's
