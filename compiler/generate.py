@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-
 from lgc.compiler import manifest as manifest_mod
 from lgc.compiler.bundle import verify_bundle_files
 from lgc.compiler.errors import UsageError

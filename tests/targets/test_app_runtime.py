@@ -8,6 +8,7 @@ CLIP token ids equal transformers' on a corpus of hard prompts; bad bundles are 
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -158,28 +159,24 @@ def test_a_tokenizer_of_another_form_is_refused_by_name(app, tmp_path, edit, nam
 # --- images ------------------------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=None)
+def _loaded(bundle: Path):
+    import lgc
+
+    return lgc.load_bundle(bundle)
+
+
 def harness_image(bundle: Path, prompt: str, noise: torch.Tensor) -> np.ndarray:
     """The Python harness's image: the manifest loop over the artifacts in ExecuTorch's Python runtime."""
-    from lgc.compiler import manifest as manifest_mod
-    from lgc.runtime_harness.harness import open_bundle, timestep_cond
+    from lgc.runtime_harness.harness import timestep_cond
     from lgc.runtime_harness.loop import generate, tokenize
 
-    m = manifest_mod.load(bundle)
-    fns, tokenizer = _opened(bundle, open_bundle, m)
-    L = m["tokenizer"]["max_length"]
-    res = generate(m["sampler"], fns["text_encoder"], fns["unet"], fns["vae_decoder"], tokenize(tokenizer, prompt, L),
-                   tokenize(tokenizer, m["tokenizer"]["uncond_prompt"], L), noise, m["guidance"]["mode"] == "cfg_batch",
+    b = _loaded(bundle)
+    m, L = b.manifest, b.manifest["tokenizer"]["max_length"]
+    res = generate(m["sampler"], b.fns["text_encoder"], b.fns["unet"], b.fns["vae_decoder"], tokenize(b.tokenizer, prompt, L),
+                   tokenize(b.tokenizer, m["tokenizer"]["uncond_prompt"], L), noise, m["guidance"]["mode"] == "cfg_batch",
                    timestep_cond=timestep_cond(m))
     return res.image.numpy()
-
-
-_OPEN = {}
-
-
-def _opened(bundle, open_bundle, m):
-    if bundle not in _OPEN:
-        _OPEN[bundle] = open_bundle(bundle, m)
-    return _OPEN[bundle]
 
 
 def cpp_image(app: Path, bundle: Path, prompt: str, tmp: Path, noise: np.ndarray | None = None, *extra) -> np.ndarray:
